@@ -1,0 +1,31 @@
+# Two commands: `make demo` and `make test`. Each creates .venv when missing and installs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: a lottery-ticket run on the embedded offline digits data (table + plots).
+demo: $(STAMP)
+	$(PY) -m experiments.lottery --config experiments/configs/digits_lenet.py --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check jaxsparse tests experiments benchmarks
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,294 @@
+"""Mask pytrees: build, apply, count, report, validate, and set operations.
+
+A *masks* pytree has exactly the tree structure of the params it masks, with ``bool``
+leaves. A prunable leaf carries a full-shape bool array (``True`` = kept); a leaf that is not
+prunable (bias, norm scale, scalar) carries a scalar ``True``. Masks are ordinary values:
+they jit, vmap, shard and checkpoint like params.
+
+>>> params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}}
+>>> masks = ones_like(params)
+>>> masks["dense"]["kernel"].shape, masks["dense"]["bias"].shape
+((3, 4), ())
+>>> float(density(masks))
+1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsparse import rules as rules_lib
+
+PyTree = Any
+
+
+def is_prunable(mask_leaf: Any) -> bool:
+    """A mask leaf marks a prunable param leaf iff it is not a scalar."""
+    return np.ndim(mask_leaf) > 0
+
+
+def ones_like(params: PyTree, rules: rules_lib.Rules | None = None) -> PyTree:
+    """All-kept masks for ``params``.
+
+    Args:
+      params: any pytree of arrays (Linen params dict, NNX ``State``, plain dicts).
+      rules: ``[(regex or predicate, prunable: bool), ...]`` on leaf paths, first match
+        wins; leaves no rule matches use :func:`jaxsparse.rules.default_prunable` (weight
+        matrices and conv kernels yes; biases, norm parameters, scalars no).
+
+    Returns:
+      A bool pytree with the params' structure: ``True`` arrays of the leaf's shape for
+      prunable leaves, scalar ``True`` for the others.
+
+    >>> ones_like({"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}, rules=[("b", True)])["b"]
+    Array([ True,  True], dtype=bool)
+    """
+    rules = rules_lib.check_rules(rules)
+
+    def one(path: str, leaf: Any) -> jax.Array:
+        if rules_lib.prunable(rules, path, leaf):
+            return jnp.ones(np.shape(leaf), dtype=bool)
+        return jnp.ones((), dtype=bool)
+
+    return rules_lib.map_with_path(one, params)
+
+
+def _check_structure(params: PyTree, masks: PyTree) -> None:
+    p_def = jax.tree_util.tree_structure(params)
+    m_def = jax.tree_util.tree_structure(masks)
+    if p_def != m_def:
+        p_paths = set(rules_lib.leaf_paths(params))
+        m_paths = set(rules_lib.leaf_paths(masks))
+        only_p = sorted(p_paths - m_paths)
+        only_m = sorted(m_paths - p_paths)
+        detail = ""
+        if only_p:
+            detail += f" leaves only in params: {only_p[:5]}{' ...' if len(only_p) > 5 else ''};"
+        if only_m:
+            detail += f" leaves only in masks: {only_m[:5]}{' ...' if len(only_m) > 5 else ''};"
+        if not detail:
+            detail = f" params tree {p_def} vs masks tree {m_def}"
+        raise ValueError(f"masks and params have different tree structures:{detail}")
+
+
+def _check_leaf(path: str, p: Any, m: Any) -> None:
+    dtype = getattr(m, "dtype", np.asarray(m).dtype)
+    if dtype != np.bool_:
+        raise TypeError(f"mask at {path!r} has dtype {dtype}; masks must be bool")
+    m_shape, p_shape = np.shape(m), np.shape(p)
+    if m_shape != () and m_shape != p_shape:
+        raise ValueError(
+            f"mask at {path!r} has shape {m_shape} but the param has shape {p_shape} "
+            "(a mask leaf is either the param's shape or a scalar True)"
+        )
+
+
+def _concrete_false(m: Any) -> bool:
+    try:
+        return not bool(m)
+    except jax.errors.ConcretizationTypeError:  # traced: cannot check the value
+        return False
+
+
+def validate(params: PyTree, masks: PyTree) -> None:
+    """Raises a clear error unless ``masks`` is a valid mask tree for ``params``.
+
+    Checks: identical tree structure; bool dtype; each leaf has the param's shape or is a
+    scalar; a scalar (non-prunable) mask is ``True`` (checked when concrete). Every error
+    names the offending leaf path and shapes.
+    """
+    _check_structure(params, masks)
+    for (path, p), (_, m) in zip(
+        rules_lib.leaves_with_paths(params), rules_lib.leaves_with_paths(masks), strict=True
+    ):
+        _check_leaf(path, p, m)
+        if np.shape(m) == () and _concrete_false(m):
+            raise ValueError(
+                f"scalar mask at {path!r} is False; a non-prunable leaf's mask must be True "
+                "(prune it with a full-shape mask instead)"
+            )
+
+
+def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
+    """Zeroes the pruned entries: ``jnp.where(mask, param, 0)`` on every prunable leaf.
+
+    Non-prunable leaves (scalar ``True`` masks) are returned unchanged. Uses a select, not
+    a float multiply, so ``inf``/``NaN`` in pruned entries become exact zeros.
+
+    >>> apply_masks({"w": jnp.ones((1, 2))}, {"w": jnp.array([[True, False]])})["w"]
+    Array([[1., 0.]], dtype=float32)
+    """
+    _check_structure(params, masks)
+
+    def one(path: str, p: Any, m: Any) -> Any:
+        _check_leaf(path, p, m)
+        if not is_prunable(m):
+            return p
+        return jnp.where(m, p, jnp.zeros((), dtype=jnp.result_type(p)))
+
+    return rules_lib.map_with_path(one, params, masks)
+
+
+def _prunable_leaves(masks: PyTree) -> list[jax.Array]:
+    return [m for m in jax.tree_util.tree_leaves(masks) if is_prunable(m)]
+
+
+def count_total(masks: PyTree) -> int:
+    """Number of prunable entries (a static Python int)."""
+    return int(sum(int(np.prod(np.shape(m))) for m in _prunable_leaves(masks)))
+
+
+def count_kept(masks: PyTree) -> jax.Array:
+    """Number of kept prunable entries (an int32 array; jit-compatible)."""
+    leaves = _prunable_leaves(masks)
+    if not leaves:
+        return jnp.zeros((), jnp.int32)
+    return sum(jnp.sum(m, dtype=jnp.int32) for m in leaves)
+
+
+def density(masks: PyTree) -> jax.Array:
+    """Fraction of prunable entries kept (1.0 when nothing is prunable)."""
+    total = count_total(masks)
+    if total == 0:
+        return jnp.ones((), jnp.float32)
+    return count_kept(masks).astype(jnp.float32) / total
+
+
+def sparsity(masks: PyTree) -> jax.Array:
+    """Fraction of prunable entries pruned: ``1 - density(masks)``."""
+    return 1.0 - density(masks)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafReport:
+    path: str
+    shape: tuple[int, ...]
+    kept: int
+    total: int
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.total if self.total else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskReport:
+    """Per-leaf mask statistics; ``str()`` gives a printable table, ``rows`` the data."""
+
+    rows: tuple[LeafReport, ...]
+
+    @property
+    def kept(self) -> int:
+        return sum(r.kept for r in self.rows)
+
+    @property
+    def total(self) -> int:
+        return sum(r.total for r in self.rows)
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.total if self.total else 1.0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """Rows as dicts (path, shape, kept, total, density), e.g. for CSV or pandas."""
+        return [
+            dict(path=r.path, shape=r.shape, kept=r.kept, total=r.total, density=r.density)
+            for r in self.rows
+        ]
+
+    def __str__(self) -> str:
+        head = ("path", "shape", "kept", "total", "density")
+        body = [(r.path, str(r.shape), str(r.kept), str(r.total), f"{r.density:.4f}")
+                for r in self.rows]
+        body.append(("TOTAL", "", str(self.kept), str(self.total), f"{self.density:.4f}"))
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(5)]
+        fmt = lambda row: "  ".join(  # noqa: E731
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+        )
+        rule = "-" * len(fmt(head))
+        return "\n".join([fmt(head), rule, *map(fmt, body[:-1]), rule, fmt(body[-1])])
+
+
+def report(masks: PyTree) -> MaskReport:
+    """Per-leaf table of prunable leaves: path, shape, kept, total, density.
+
+    >>> print(report({"w": jnp.array([[True, False]]), "b": jnp.array(True)}))  # doctest: +SKIP
+    path  shape   kept  total  density
+    ...
+    """
+    rows = []
+    for path, m in rules_lib.leaves_with_paths(masks):
+        if not is_prunable(m):
+            continue
+        m = np.asarray(m)
+        if m.dtype != np.bool_:
+            raise TypeError(f"mask at {path!r} has dtype {m.dtype}; masks must be bool")
+        rows.append(LeafReport(path, tuple(m.shape), int(m.sum()), int(m.size)))
+    return MaskReport(tuple(rows))
+
+
+# ---------------------------------------------------------------------------------------
+# Set operations. Non-prunable leaves (scalar True) stay scalar True.
+
+
+def _binary(op, a: PyTree, b: PyTree) -> PyTree:
+    _check_structure(a, b)
+
+    def one(path: str, x: Any, y: Any) -> Any:
+        _check_leaf(path, x, y)
+        _check_leaf(path, y, x)
+        if not is_prunable(x) and not is_prunable(y):
+            return x
+        return op(x, y)
+
+    return rules_lib.map_with_path(one, a, b)
+
+
+def intersect(a: PyTree, b: PyTree) -> PyTree:
+    """Entries kept in both ``a`` and ``b``."""
+    return _binary(jnp.logical_and, a, b)
+
+
+def union(a: PyTree, b: PyTree) -> PyTree:
+    """Entries kept in ``a`` or ``b``."""
+    return _binary(jnp.logical_or, a, b)
+
+
+def difference(a: PyTree, b: PyTree) -> PyTree:
+    """Entries kept in ``a`` but not in ``b`` (on prunable leaves)."""
+    return _binary(lambda x, y: jnp.logical_and(x, jnp.logical_not(y)), a, b)
+
+
+def invert(masks: PyTree) -> PyTree:
+    """Swaps kept and pruned entries of prunable leaves; non-prunable leaves stay True."""
+    return jax.tree.map(lambda m: jnp.logical_not(m) if is_prunable(m) else m, masks)
+
+
+def equal(a: PyTree, b: PyTree) -> bool:
+    """Whether two concrete mask trees are identical (structure, shapes and values)."""
+    if jax.tree_util.tree_structure(a) != jax.tree_util.tree_structure(b):
+        return False
+    return all(
+        np.shape(x) == np.shape(y) and bool(np.array_equal(np.asarray(x), np.asarray(y)))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
+
+
+def prunable_paths(masks: PyTree) -> list[str]:
+    """Paths of the prunable leaves of a mask tree."""
+    return [p for p, m in rules_lib.leaves_with_paths(masks) if is_prunable(m)]
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """Stacks same-structured trees along a new leading (population) axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
