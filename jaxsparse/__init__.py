@@ -2,10 +2,32 @@
 
 Pure functions on pytrees: mask pytrees, scores, exact selection, optax integration,
 lottery tickets, supermasks, N:M sparsity and population sweeps. Importing jaxsparse is
-light: flax, orbax, tensorflow-datasets and matplotlib load only in the modules that use them.
+light (jax and optax only): ``jaxsparse.models``, ``jaxsparse.data``, ``jaxsparse.train`` and
+``jaxsparse.checkpoint`` load flax / tensorflow-datasets / orbax on first attribute access.
+
+>>> import jaxsparse as js
+>>> masks = js.prune(js.scores.magnitude(params), js.ones_like(params), sparsity=0.9)
 """
 
-from jaxsparse import masks, rules, testing
+import importlib
+
+from jaxsparse import (
+    lottery,
+    masks,
+    nm,
+    nm_export,
+    nm_permute,
+    nm_train,
+    optim,
+    rules,
+    scores,
+    select,
+    supermask,
+    sweep,
+    sweep_io,
+    testing,
+)
+from jaxsparse.lottery import Plan, export_ticket, load_ticket, prune_and_rewind, rewind
 from jaxsparse.masks import (
     apply_masks,
     count_kept,
@@ -20,5 +42,66 @@ from jaxsparse.masks import (
     union,
     validate,
 )
+from jaxsparse.nm import NM, is_nm, nm_mask, nm_masks, reduction_axis
+from jaxsparse.nm_export import NMCompressed, compress, decompress, export_cutlass, nm_matmul
+from jaxsparse.nm_permute import permute, search_permutation
+from jaxsparse.nm_train import sparse_weight, sr_ste, sr_ste_decay, ste, transposable_mask
+from jaxsparse.optim import masked, reset_moments
+from jaxsparse.select import Block, num_pruned, prune
+from jaxsparse.supermask import (
+    Supermask,
+    bernoulli_ste,
+    compact_report,
+    edge_popup,
+    learned_supermask,
+    topk_ste,
+)
+from jaxsparse.sweep import (
+    init_distributed,
+    init_population,
+    make_mesh,
+    merge_results,
+    population_map,
+    shard_population,
+    task_slice,
+    train_population,
+)
 
 __version__ = "0.1.0"
+
+# Submodules with heavier dependencies, imported on first use: ``js.models``, ``js.data``...
+_LAZY = ("models", "data", "train", "checkpoint")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"jaxsparse.{name}")
+    raise AttributeError(f"module 'jaxsparse' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = [
+    # masks and rules
+    "apply_masks", "count_kept", "count_total", "density", "difference", "intersect",
+    "invert", "ones_like", "report", "sparsity", "union", "validate",
+    # selection, scores, optax
+    "Block", "num_pruned", "prune", "masked", "reset_moments",
+    # lottery tickets
+    "Plan", "export_ticket", "load_ticket", "prune_and_rewind", "rewind",
+    # N:M
+    "NM", "is_nm", "nm_mask", "nm_masks", "reduction_axis", "NMCompressed", "compress",
+    "decompress", "export_cutlass", "nm_matmul", "permute", "search_permutation",
+    "sparse_weight", "sr_ste", "sr_ste_decay", "ste", "transposable_mask",
+    # supermasks
+    "Supermask", "bernoulli_ste", "compact_report", "edge_popup", "learned_supermask",
+    "topk_ste",
+    # sweeps
+    "init_distributed", "init_population", "make_mesh", "merge_results", "population_map",
+    "shard_population", "task_slice", "train_population",
+    # submodules
+    "lottery", "masks", "nm", "nm_export", "nm_permute", "nm_train", "optim", "rules",
+    "scores", "select", "supermask", "sweep", "sweep_io", "testing", *_LAZY,
+]

@@ -59,26 +59,29 @@ def ones_like(params: PyTree, rules: rules_lib.Rules | None = None) -> PyTree:
     return rules_lib.map_with_path(one, params)
 
 
-def _check_structure(params: PyTree, masks: PyTree) -> None:
+def _check_structure(
+    params: PyTree, masks: PyTree, names: tuple[str, str] = ("params", "masks")
+) -> None:
     p_def = jax.tree_util.tree_structure(params)
     m_def = jax.tree_util.tree_structure(masks)
     if p_def != m_def:
+        a, b = names
         p_paths = set(rules_lib.leaf_paths(params))
         m_paths = set(rules_lib.leaf_paths(masks))
         only_p = sorted(p_paths - m_paths)
         only_m = sorted(m_paths - p_paths)
         detail = ""
         if only_p:
-            detail += f" leaves only in params: {only_p[:5]}{' ...' if len(only_p) > 5 else ''};"
+            detail += f" leaves only in {a}: {only_p[:5]}{' ...' if len(only_p) > 5 else ''};"
         if only_m:
-            detail += f" leaves only in masks: {only_m[:5]}{' ...' if len(only_m) > 5 else ''};"
+            detail += f" leaves only in {b}: {only_m[:5]}{' ...' if len(only_m) > 5 else ''};"
         if not detail:
-            detail = f" params tree {p_def} vs masks tree {m_def}"
-        raise ValueError(f"masks and params have different tree structures:{detail}")
+            detail = f" {a} tree {p_def} vs {b} tree {m_def}"
+        raise ValueError(f"{b} and {a} have different tree structures:{detail}")
 
 
 def _check_leaf(path: str, p: Any, m: Any) -> None:
-    dtype = getattr(m, "dtype", np.asarray(m).dtype)
+    dtype = m.dtype if hasattr(m, "dtype") else np.asarray(m).dtype
     if dtype != np.bool_:
         raise TypeError(f"mask at {path!r} has dtype {dtype}; masks must be bool")
     m_shape, p_shape = np.shape(m), np.shape(p)
@@ -213,7 +216,8 @@ class MaskReport:
         body.append(("TOTAL", "", str(self.kept), str(self.total), f"{self.density:.4f}"))
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(5)]
         fmt = lambda row: "  ".join(  # noqa: E731
-            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         rule = "-" * len(fmt(head))
         return "\n".join([fmt(head), rule, *map(fmt, body[:-1]), rule, fmt(body[-1])])
@@ -280,7 +284,7 @@ def equal(a: PyTree, b: PyTree) -> bool:
         return False
     return all(
         np.shape(x) == np.shape(y) and bool(np.array_equal(np.asarray(x), np.asarray(y)))
-        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
     )
 
 

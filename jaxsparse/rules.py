@@ -10,6 +10,7 @@ Path strings join the keys of a leaf's key path with ``/``: a Linen params dict 
 ``"linear/kernel"`` (the trailing ``value`` attribute of an ``nnx.Variable`` is dropped so
 that Linen and NNX trees match the same rules).
 
+>>> import jax.numpy as jnp
 >>> params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}}
 >>> leaf_paths(params)
 ['dense/bias', 'dense/kernel']

@@ -1,0 +1,1 @@
+"""Experiment scripts and paper recipes on jaxsparse's public API (`python -m experiments.<x>`)."""

@@ -1,0 +1,264 @@
+"""Supermasks: learned (Bernoulli) supermasks, edge-popup, and supermasks at initialisation.
+
+    python -m experiments.supermask --config experiments/configs/digits_supermask.py
+    python -m experiments.supermask --config experiments/configs/digits_edgepopup.py
+    python -m experiments.supermask --config experiments/configs/digits_supermask_at_init.py
+    python -m experiments.supermask --config experiments/configs/zhou2019_supermask_fc.py \\
+        --data-file /path/mnist_subset_6k.npz
+
+``config.method`` (or ``--mode``) picks what runs:
+
+* ``"learned"`` (Zhou et al. 2019): frozen weights (``weights``: ``"init"`` or
+  ``"signed_constant"``), a logit per weight, Bernoulli masks sampled in the forward pass,
+  optional dynamic rescaling (``rescale``). Evaluated with sampled masks (the paper) and with
+  the deterministic expected mask ``sigmoid(s) > 0.5``.
+* ``"edge_popup"`` (Ramanujan et al. 2020): top-k of ``|score|`` per layer, ``density`` = k =
+  the fraction KEPT; frozen signed Kaiming constant (or ``"kaiming_normal"``) weights.
+* ``"at_init"`` (Zhou et al. 2019): trains the dense network once, then for every criterion x
+  density applies the one-shot layerwise mask of ``criterion(init, final)`` to the untrained
+  initial weights (and, with ``signed_constant``, to ``sign(w_init) * std(layer)``) and
+  evaluates it. Plots accuracy at init against density (``at_init.png``).
+
+No weight is ever trained in ``learned`` / ``edge_popup``: the run asserts the frozen weights
+are bitwise unchanged at the end. Output ``<out>/<name>-<hash>/``: ``results.json``,
+``metrics.csv``, ``curves.png`` (training) or ``at_init.csv`` / ``at_init.png`` (sweep), and
+``export/`` (the found subnetwork as dense-with-zeros params + bool masks, ``.npz``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from experiments import common
+
+METHODS = ("learned", "edge_popup", "at_init")
+
+
+def build_optimizer(config: Any, num_steps: int):
+    """SGD (momentum) / Adam with a constant or cosine learning rate and weight decay."""
+    import optax
+
+    lr = config.learning_rate
+    if config.get("schedule", "constant") == "cosine":
+        lr = optax.cosine_decay_schedule(lr, num_steps)
+    if config.optimizer == "sgd":
+        tx = optax.sgd(lr, momentum=config.get("momentum", 0.0) or None)
+    elif config.optimizer == "adam":
+        tx = optax.adam(lr)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r} (sgd | adam)")
+    if config.get("weight_decay", 0.0):
+        # Decay applies to the scores (the trainable params), as in edge-popup.
+        tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+    return tx
+
+
+def build_supermask(config: Any, apply_fn):
+    from jaxsparse import supermask
+
+    common_kw = dict(weights=config.weights, score_init=config.score_init,
+                     score_scale=config.get("score_scale", 1.0), rescale=config.rescale,
+                     train_other=config.get("train_other", False))
+    if config.method == "learned":
+        return supermask.learned_supermask(apply_fn, **common_kw)
+    return supermask.edge_popup(apply_fn, config.density, **common_kw)
+
+
+def _save_export(path: str, params: Any, masks: Any) -> None:
+    from jaxsparse import rules
+
+    os.makedirs(path, exist_ok=True)
+    np.savez(os.path.join(path, "params.npz"),
+             **{p: np.asarray(v) for p, v in rules.leaves_with_paths(params)})
+    np.savez(os.path.join(path, "masks.npz"),
+             **{p: np.asarray(v) for p, v in rules.leaves_with_paths(masks)})
+
+
+def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
+    """Learned supermask or edge-popup training; returns the results dict."""
+    import jax
+
+    from experiments.lottery import build_model, load_dataset
+    from jaxsparse import masks as masks_lib
+    from jaxsparse import supermask, train
+
+    path = common.run_dir(out, config)
+    if common.is_finished(path):
+        print(f"finished already: {os.path.join(path, 'results.json')}")
+        with open(os.path.join(path, "results.json")) as f:
+            return json.load(f)
+    dataset = load_dataset(config)
+    fn = build_model(config, dataset)
+    k_model, k_sm, k_data = jax.random.split(jax.random.key(config.seed), 3)
+    params, model_state = fn.init_fn(k_model)
+    sm = build_supermask(config, fn.apply_fn)
+    sm_params, sm_state = sm.init(params, model_state, key=k_sm)
+    frozen0 = jax.tree.map(np.array, sm_state["weights"])
+    tx = build_optimizer(config, config.num_steps)
+    state = train.init_state(sm_params, tx, key=k_data, model_state=sm_state)
+    print(f"{config.name}: {dataset!r}, model {config.model}, method {config.method}, "
+          f"run dir {path}")
+    bar, bar_cb = (common.progress(config.num_steps, 0, config.name) if show_progress
+                   else (None, None))
+    t0 = time.perf_counter()
+    result = train.fit(sm.apply, tx, state, dataset, num_steps=config.num_steps,
+                       batch_size=config.batch_size, eval_every=config.eval_every,
+                       callback=bar_cb, checkpoint_dir=os.path.join(path, "ckpt"),
+                       checkpoint_every=config.get("checkpoint_every", config.eval_every))
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    st = result.state
+    same = all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(
+        jax.tree.leaves(frozen0), jax.tree.leaves(st.model_state["weights"]), strict=True))
+    if not same:
+        raise AssertionError("frozen weights changed during supermask training")
+    h = result.history
+    final = {m: h[m][-1] for m in train.METRIC_NAMES}
+    results = {"config": common.to_dict(config), "dataset": repr(dataset), "final": final,
+               "early_stop": result.early_stop, "weights_unchanged": same, "history": h}
+    x_te, y_te = dataset.test
+    if config.method == "learned":
+        det = functools.partial(sm.apply, deterministic=True)
+        results["expected_mask_test_accuracy"] = train.evaluate(
+            det, st.params, x_te, y_te, model_state=st.model_state)["accuracy"]
+    dense_params, masks = sm.export(st.params, st.model_state)
+    results["density"] = float(masks_lib.density(masks))
+    results["density_report"] = masks_lib.report(masks).as_dicts()
+    results["compact"] = supermask.compact_report(masks)
+    _save_export(os.path.join(path, "export"), dense_params, masks)
+    common.write_csv(os.path.join(path, "metrics.csv"), h)
+    common.plot_curves(os.path.join(path, "curves.png"), h, title=config.name)
+    common.write_json(os.path.join(path, "timing.json"), {"seconds": seconds})
+    common.write_json(os.path.join(path, "results.json"), results)
+    msg = f"done in {seconds:.1f}s: test accuracy {final['test_accuracy']:.4f}"
+    if "expected_mask_test_accuracy" in results:
+        msg += f" (expected mask {results['expected_mask_test_accuracy']:.4f})"
+    print(f"{msg}, mask density {results['density']:.4f}, weights bitwise unchanged; "
+          f"{results['compact']['removable']}/{results['compact']['hidden_units']} hidden "
+          f"units removable. Results: {os.path.join(path, 'results.json')}")
+    return results
+
+
+def run_at_init(config: Any, out: str, *, show_progress: bool = True) -> dict:
+    """Trains the dense net, then sweeps criterion x density of supermasks at init."""
+    import jax
+
+    from experiments.lottery import build_model, load_dataset
+    from jaxsparse import supermask, train
+
+    path = common.run_dir(out, config)
+    dataset = load_dataset(config)
+    fn = build_model(config, dataset)
+    k_model, k_data, k_rand = jax.random.split(jax.random.key(config.seed), 3)
+    init_params, model_state = fn.init_fn(k_model)
+    tx = build_optimizer(config, config.num_steps)
+    state = train.init_state(init_params, tx, key=k_data, model_state=model_state)
+    print(f"{config.name}: training the dense {config.model} on {dataset!r} ({path})")
+    result = train.fit(fn.apply_fn, tx, state, dataset, num_steps=config.num_steps,
+                       batch_size=config.batch_size, eval_every=config.eval_every)
+    final = result.state.params
+    x_te, y_te = dataset.test
+    evaluate = jax.jit(train.make_eval(fn.apply_fn))
+    acc = lambda p: float(evaluate(p, model_state, jax.tree.map(  # noqa: E731
+        lambda _: np.bool_(True), p), x_te, y_te)["accuracy"])
+    dense = result.history["test_accuracy"][-1]
+    rows = []
+    for criterion in config.criteria:
+        for density in config.densities:
+            for signed in config.signed_constant:
+                params, _ = supermask.at_init(
+                    init_params, final, density=density, criterion=criterion,
+                    signed_constant=signed, scope=config.scope, key=k_rand)
+                rows.append({"criterion": criterion, "density": density,
+                             "signed_constant": bool(signed), "test_accuracy": acc(params)})
+                if show_progress:
+                    print(f"  {criterion:28s} density {density:<6} "
+                          f"{'signed const' if signed else 'init        '} "
+                          f"{rows[-1]['test_accuracy']:.4f}")
+    table = {k: [r[k] for r in rows] for k in rows[0]}
+    common.write_csv(os.path.join(path, "at_init.csv"), table)
+    plot_at_init(os.path.join(path, "at_init.png"), rows, dense=dense, title=config.name)
+    results = {"config": common.to_dict(config), "dataset": repr(dataset),
+               "dense_test_accuracy": dense, "at_init": rows}
+    common.write_json(os.path.join(path, "results.json"), results)
+    print(f"dense {dense:.4f}; table {os.path.join(path, 'at_init.csv')}, plot "
+          f"{os.path.join(path, 'at_init.png')}")
+    return results
+
+
+def plot_at_init(path: str, rows: list[dict], *, dense: float, title: str = "") -> None:
+    """Accuracy at init against density, one line per criterion (dashed: signed constant)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    crits = list(dict.fromkeys(r["criterion"] for r in rows))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, c in enumerate(crits):
+        for signed, ls in ((False, "-"), (True, "--")):
+            pts = sorted((r["density"], r["test_accuracy"]) for r in rows
+                         if r["criterion"] == c and r["signed_constant"] == signed)
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, ls, marker="o", color=colors[i % len(colors)],
+                        label=f"{c}{' (signed const)' if signed else ''}")
+    ax.axhline(dense, color="black", lw=0.8, label="dense, trained")
+    ax.axhline(0.1, color="gray", lw=0.8, ls=":", label="chance")
+    ax.set_xscale("log")
+    ticks = sorted({r["density"] for r in rows})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("density (fraction of weights kept)")
+    ax.set_ylabel("test accuracy at init (no training)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="python file with get_config()")
+    parser.add_argument("--mode", choices=METHODS, help="override config.method")
+    parser.add_argument("--dataset", help="override config.dataset")
+    parser.add_argument("--data-dir", help="directory with raw files or a tfds data dir")
+    parser.add_argument("--data-file", help=".npz with images/labels (e.g. an MNIST subset)")
+    parser.add_argument("--out", default="runs", help="parent of the run directories")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (Python literal), repeatable")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    config = common.load_config(args.config)
+    if args.mode:
+        config.method = args.mode
+    if args.dataset:
+        config.dataset = args.dataset
+    if args.data_dir:
+        config.data_dir = os.path.expanduser(args.data_dir)
+    if args.data_file:
+        config.data_file = os.path.expanduser(args.data_file)
+    common.apply_overrides(config, args.set)
+    if config.method not in METHODS:
+        raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
+    run = run_at_init if config.method == "at_init" else run_training
+    run(config, args.out, show_progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,666 @@
+"""Lottery tickets: the prune-and-rewind step, mask-1 / mask-0 actions, controls, export.
+
+One level of iterative magnitude pruning (IMP) is: train, score the trained weights, prune a
+fraction of what is still kept, and restart training from the *rewind point* with the new
+masks. This module is the pure part of that loop; the training lives in ``jaxsparse.train``
+and the level loop in ``experiments/lottery.py``.
+
+* :func:`rewind` builds a level's starting weights from the rewind point and the masks. Kept
+  weights (mask 1) get a *mask-1 action* — ``"rewind"`` (their value at the rewind point),
+  ``"reinit"``, ``"reshuffle"``, ``"signed_reinit"``, ``"signed_reshuffle"``,
+  ``"signed_constant"``; pruned weights (mask 0) get a *mask-0 action* — ``"zero"`` or
+  ``"frozen"`` (their value at the rewind point, never updated; see :func:`rewind`).
+* :func:`prune_and_rewind` is one level step: next masks from the trained weights under a
+  :class:`Plan` (scope, per-level rates, criterion), then :func:`rewind`. It is jitted with the
+  plan static, compiles once per plan, and runs under ``jax.vmap`` over replicates.
+* The rewinding schemes: rewind to initialisation (pass the init as the rewind point), rewind to
+  iteration ``k`` (pass the snapshot taken at iteration ``k`` of the first training; Frankle et
+  al. 2020), learning-rate rewinding and fine-tuning (``Plan(weights="trained")``: keep the
+  trained weights; the driver replays the learning-rate schedule or continues at the final
+  rate — Renda et al. 2020). Only the training schedule differs between the last two.
+* Controls are :class:`Branch` specs of a level, all built by the one function
+  :func:`branch_start`: random re-initialisation with the ticket's mask
+  (:func:`reinit_control`), random pruning with the ticket's per-layer counts
+  (:func:`random_pruning_control`), another mask criterion (:func:`criterion_branch`), or any
+  other mask-1 / mask-0 action (:func:`action_branch`).
+* :func:`export_ticket` / :func:`load_ticket` save and restore a ticket (masks + starting
+  weights) with orbax, with the per-layer density report alongside as JSON.
+
+>>> params = {"w": jnp.arange(1.0, 7.0).reshape(2, 3), "b": jnp.zeros(3)}
+>>> masks = {"w": jnp.array([[True, False, True], [False, True, True]]), "b": jnp.array(True)}
+>>> rewind(params, masks)["w"]
+Array([[1., 0., 3.],
+       [0., 5., 6.]], dtype=float32)
+
+References:
+  Frankle & Carbin 2019, "The Lottery Ticket Hypothesis", ICLR.
+  Frankle, Dziugaite, Roy & Carbin 2020, "Linear Mode Connectivity and the Lottery Ticket
+  Hypothesis", ICML.
+  Renda, Frankle & Carbin 2020, "Comparing Rewinding and Fine-tuning in Neural Network
+  Pruning", ICLR.
+  Zhou, Lan, Liu & Yosinski 2019, "Deconstructing Lottery Tickets: Zeros, Signs, and the
+  Supermask", NeurIPS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsparse import masks as masks_lib
+from jaxsparse import rules as rules_lib
+
+PyTree = Any
+
+MASK1_ACTIONS = (
+    "rewind",
+    "reinit",
+    "reshuffle",
+    "signed_reinit",
+    "signed_reshuffle",
+    "signed_constant",
+)
+MASK0_ACTIONS = ("zero", "frozen")
+_NEEDS_KEY = ("reinit", "reshuffle", "signed_reinit", "signed_reshuffle")
+
+# ---------------------------------------------------------------------------------------
+# Mask-1 / mask-0 actions.
+
+
+def _sign(x: jax.Array) -> jax.Array:
+    # An exact zero counts as positive so that a sign-preserving action never yields 0 for a
+    # kept weight (an init value of exactly 0.0 has probability ~0 under a continuous init).
+    return jnp.where(x < 0, -1.0, 1.0).astype(x.dtype)
+
+
+def _permute_kept(x: jax.Array, m: jax.Array, key: jax.Array) -> jax.Array:
+    """Randomly permutes the values of ``x`` among the positions where ``m`` is True.
+
+    Works with a traced mask (no data-dependent shapes): ``src`` lists the kept positions in
+    random order, ``dst`` lists them in index order, both first; pruned positions follow in
+    both lists and map to pruned positions, which the caller then overwrites.
+    """
+    flat, mflat = x.reshape(-1), m.reshape(-1)
+    u = jax.random.uniform(key, flat.shape)
+    src = jnp.argsort(jnp.where(mflat, u, 2.0))
+    dst = jnp.argsort(jnp.logical_not(mflat), stable=True)
+    return jnp.zeros_like(flat).at[dst].set(flat[src]).reshape(x.shape)
+
+
+def _leaf_stds(std: float | rules_lib.Rules | None, params: PyTree) -> list[jax.Array]:
+    """Per-leaf standard deviation of the init distribution (see :func:`rewind`)."""
+    leaves = rules_lib.leaves_with_paths(params)
+    out = []
+    for path, leaf in leaves:
+        if std is None:
+            value = None
+        elif isinstance(std, int | float):
+            value = float(std)
+        else:
+            value = rules_lib.match(std, path, leaf, default=None)
+        if value is None:
+            value = jnp.std(jnp.asarray(leaf).astype(jnp.float32))
+        out.append(jnp.asarray(value, jnp.float32))
+    return out
+
+
+def rewind(
+    params_rewind: PyTree,
+    masks: PyTree,
+    *,
+    action: str = "rewind",
+    mask0: str = "zero",
+    key: jax.Array | None = None,
+    init_fn: Callable[[jax.Array], PyTree] | None = None,
+    std: float | rules_lib.Rules | None = None,
+) -> PyTree:
+    """A ticket's starting weights: a mask-1 action on kept weights, a mask-0 action on pruned.
+
+    Mask-1 actions (kept entries of prunable leaves):
+
+    * ``"rewind"``: the value at the rewind point (init, or the snapshot at iteration k).
+    * ``"reinit"``: a fresh draw from the layer's init distribution: ``init_fn(key)`` when
+      given (a whole fresh params tree, e.g. ``lambda k: functional.init_fn(k)[0]``), else a
+      normal with the layer's standard deviation (``std``, see below).
+    * ``"reshuffle"``: the rewind-point values permuted at random among the kept entries of
+      each leaf (same multiset of values per layer, new positions).
+    * ``"signed_reinit"``: the magnitudes of a ``"reinit"`` draw with the rewind-point signs.
+    * ``"signed_reshuffle"``: the magnitudes of a ``"reshuffle"`` with the rewind-point signs.
+    * ``"signed_constant"``: ``±σ`` with the rewind-point signs, σ the layer's init std.
+
+    The layer's init std σ is ``std`` when given (a float for every leaf, or path rules
+    ``[(regex, float), ...]``, first match wins), otherwise the standard deviation of that leaf
+    of ``params_rewind`` over all its entries (kept and pruned) — the empirical init
+    distribution when the rewind point is the initialisation.
+
+    Mask-0 actions (pruned entries): ``"zero"`` (default), or ``"frozen"``: the rewind-point
+    value. Frozen weights are part of the forward pass but never trained: train with a
+    forward mask of all ones and the ticket's mask on the *gradients* (``experiments/lottery.py``
+    does this with :func:`freeze_tx`), so they stay constant, not zero.
+
+    Non-prunable leaves (scalar ``True`` mask: biases, norms) always take their rewind-point
+    value. Exact zeros: with ``mask0="zero"`` every pruned entry is ``0.0`` (``jnp.where``).
+
+    Args:
+      params_rewind: the rewind point, unmasked (the full init, or the snapshot at k).
+      masks: bool mask tree for the params (see :mod:`jaxsparse.masks`).
+      action: mask-1 action, one of :data:`MASK1_ACTIONS`.
+      mask0: mask-0 action, ``"zero"`` or ``"frozen"``.
+      key: required by ``reinit``, ``reshuffle``, ``signed_reinit``, ``signed_reshuffle``.
+      init_fn: ``key -> params`` re-initialiser for the ``*reinit`` actions.
+      std: the init standard deviation (float or path rules) for ``*reinit`` without
+        ``init_fn`` and for ``signed_constant``.
+
+    Returns:
+      The starting params, with the structure of ``params_rewind``.
+
+    >>> p = {"w": jnp.array([[-2.0, 3.0]])}
+    >>> rewind(p, {"w": jnp.array([[True, False]])}, action="signed_constant", std=0.5)["w"]
+    Array([[-0.5,  0. ]], dtype=float32)
+
+    References:
+      Zhou, Lan, Liu & Yosinski 2019, "Deconstructing Lottery Tickets", NeurIPS.
+    """
+    if action not in MASK1_ACTIONS:
+        raise ValueError(f"unknown mask-1 action {action!r}; expected one of {MASK1_ACTIONS}")
+    if mask0 not in MASK0_ACTIONS:
+        raise ValueError(f"unknown mask-0 action {mask0!r}; expected one of {MASK0_ACTIONS}")
+    if action in _NEEDS_KEY and key is None:
+        raise ValueError(f"action {action!r} is random: pass key=jax.random.key(...)")
+    masks_lib.validate(params_rewind, masks)
+
+    leaves = rules_lib.leaves_with_paths(params_rewind)
+    mask_leaves = jax.tree_util.tree_leaves(masks)
+    stds = _leaf_stds(std, params_rewind)
+    draw = None
+    if action in ("reinit", "signed_reinit") and init_fn is not None:
+        draw = init_fn(key)
+        if jax.tree_util.tree_structure(draw) != jax.tree_util.tree_structure(params_rewind):
+            raise ValueError("init_fn(key) must return a tree with the params' structure")
+        draw = jax.tree_util.tree_leaves(draw)
+
+    out = []
+    for i, ((path, x), m) in enumerate(zip(leaves, mask_leaves, strict=True)):
+        x = jnp.asarray(x)
+        if not masks_lib.is_prunable(m):
+            out.append(x)
+            continue
+        leaf_key = None if key is None else jax.random.fold_in(key, i)
+        if action == "rewind":
+            new = x
+        elif action in ("reinit", "signed_reinit"):
+            if draw is not None:
+                new = jnp.asarray(draw[i]).astype(x.dtype)
+                if new.shape != x.shape:
+                    raise ValueError(f"init_fn draw at {path!r} has shape {new.shape}, "
+                                     f"expected {x.shape}")
+            else:
+                new = (jax.random.normal(leaf_key, x.shape) * stds[i]).astype(x.dtype)
+            if action == "signed_reinit":
+                new = _sign(x) * jnp.abs(new)
+        elif action in ("reshuffle", "signed_reshuffle"):
+            new = _permute_kept(x, m, leaf_key)
+            if action == "signed_reshuffle":
+                new = _sign(x) * jnp.abs(new)
+        else:  # signed_constant
+            new = _sign(x) * stds[i].astype(x.dtype)
+        fill = x if mask0 == "frozen" else jnp.zeros((), x.dtype)
+        out.append(jnp.where(m, new, fill))
+    treedef = jax.tree_util.tree_structure(params_rewind)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def random_masks_like(masks: PyTree, *, key: jax.Array) -> PyTree:
+    """Random masks with exactly the per-leaf kept counts of ``masks``.
+
+    The control "random pruning with the same layer-wise density" of Frankle & Carbin 2019:
+    each prunable leaf keeps the same number of entries, chosen uniformly at random over the
+    whole leaf. Works with traced masks (rank trick, no data-dependent shapes).
+
+    >>> m = {"w": jnp.array([True, True, False, False])}
+    >>> int(random_masks_like(m, key=jax.random.key(0))["w"].sum())
+    2
+    """
+    out = []
+    for i, m in enumerate(jax.tree_util.tree_leaves(masks)):
+        if not masks_lib.is_prunable(m):
+            out.append(m)
+            continue
+        flat = m.reshape(-1)
+        k = jnp.sum(flat, dtype=jnp.int32)
+        u = jax.random.uniform(jax.random.fold_in(key, i), flat.shape)
+        rank = jnp.argsort(jnp.argsort(u))  # a uniformly random permutation of 0..n-1
+        out.append((rank < k).reshape(m.shape))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(masks), out)
+
+
+# ---------------------------------------------------------------------------------------
+# The pruning plan and the prune-and-rewind step.
+
+
+def _hashable_rules(rules: Any) -> tuple[tuple[Any, Any], ...] | None:
+    if rules is None:
+        return None
+    return tuple((p, float(v)) for p, v in rules_lib.check_rules(rules, "rates"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one IMP level prunes and restarts (hashable: a static argument of the jitted step).
+
+    Attributes:
+      scope: ``"layerwise"`` (each leaf loses ``rates`` of its remaining weights) or
+        ``"global"`` (all prunable leaves ranked together; ``rate`` of the remaining weights
+        removed in total).
+      rates: layerwise: path rules ``[(regex, fraction of the leaf's remaining weights to
+        remove per level), ...]``, first match wins, e.g. ``[("Dense_2|out", 0.1), (".*",
+        0.2)]`` (Frankle & Carbin's 20% hidden / 10% output). Prunable leaves no rule
+        matches are not pruned; a rule matching no prunable leaf is an error. Each leaf
+        loses ``jaxsparse.num_pruned(rate, kept)`` entries (the rounding rule of
+        :mod:`jaxsparse.select`).
+      rate: global: fraction of the remaining prunable weights removed per level: the tree
+        loses ``num_pruned(rate, kept)`` entries in total (the same rounding rule, exact at
+        any size).
+      criterion: ``"magnitude"`` (|w_final|), ``"random"``, a name in
+        ``jaxsparse.scores.CRITERIA`` (Zhou et al.: ``"large_final"``,
+        ``"magnitude_increase"``, ...), or a callable ``(init, final) -> scores``.
+      weights: ``"rewind"`` (start from the rewind point, with the mask-1/mask-0 actions) or
+        ``"trained"`` (keep the trained weights, masked: learning-rate rewinding and
+        fine-tuning; the driver chooses the schedule).
+      mask1, mask0: the actions of :func:`rewind` (only with ``weights="rewind"``).
+    """
+
+    scope: str = "layerwise"
+    rates: Any = None
+    rate: float | None = None
+    criterion: str | Callable[[PyTree, PyTree], PyTree] = "magnitude"
+    weights: str = "rewind"
+    mask1: str = "rewind"
+    mask0: str = "zero"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rates", _hashable_rules(self.rates))
+        if self.scope not in ("layerwise", "global"):
+            raise ValueError(f"Plan.scope must be 'layerwise' or 'global', got {self.scope!r}")
+        if self.scope == "layerwise" and self.rates is None:
+            if self.rate is None:
+                raise ValueError("layerwise Plan needs rates=[(regex, fraction), ...] or rate")
+            object.__setattr__(self, "rates", ((".*", float(self.rate)),))
+        if self.scope == "global" and self.rate is None:
+            raise ValueError("global Plan needs rate= (fraction of remaining removed per level)")
+        for name, value in [("rate", self.rate)] + [(f"rates[{p!r}]", v)
+                                                    for p, v in self.rates or ()]:
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"Plan.{name} = {value} is not a fraction in [0, 1)")
+        if self.weights not in ("rewind", "trained"):
+            raise ValueError(f"Plan.weights must be 'rewind' or 'trained', got {self.weights!r}")
+        if self.weights == "trained" and (self.mask1, self.mask0) != ("rewind", "zero"):
+            raise ValueError("mask-1/mask-0 actions apply to weights='rewind' only")
+        if self.mask1 not in MASK1_ACTIONS:
+            raise ValueError(f"unknown mask-1 action {self.mask1!r}; expected {MASK1_ACTIONS}")
+        if self.mask0 not in MASK0_ACTIONS:
+            raise ValueError(f"unknown mask-0 action {self.mask0!r}; expected {MASK0_ACTIONS}")
+        if isinstance(self.criterion, str) and self.criterion not in ("magnitude", "random"):
+            from jaxsparse import scores
+
+            if self.criterion not in scores.CRITERIA:
+                raise ValueError(f"unknown criterion {self.criterion!r}; expected 'magnitude', "
+                                 f"'random' or one of {sorted(scores.CRITERIA)}")
+
+
+def compute_scores(
+    criterion: str | Callable[[PyTree, PyTree], PyTree],
+    init_params: PyTree,
+    final_params: PyTree,
+    *,
+    key: jax.Array | None = None,
+) -> PyTree:
+    """Scores (higher = keep) of a criterion: a name or a callable ``(init, final)``."""
+    from jaxsparse import scores
+
+    if callable(criterion):
+        return criterion(init_params, final_params)
+    if criterion == "magnitude":
+        return scores.magnitude(final_params)
+    if criterion == "random":
+        if key is None:
+            raise ValueError("criterion 'random' needs key=")
+        return scores.random(final_params, key=key)
+    return scores.CRITERIA[criterion](init_params, final_params)
+
+
+def next_masks(
+    final_params: PyTree,
+    masks: PyTree,
+    *,
+    plan: Plan,
+    init_params: PyTree | None = None,
+    key: jax.Array | None = None,
+) -> PyTree:
+    """The next level's masks: prune ``plan``'s rates of the remaining weights by its criterion.
+
+    Pruned entries are never revived (``jaxsparse.prune`` keeps the top scores among the
+    entries still kept); counts are exact under the rounding rule of ``jaxsparse.select``.
+    """
+    from jaxsparse import select
+
+    init_params = final_params if init_params is None else init_params
+    s = compute_scores(plan.criterion, init_params, final_params, key=key)
+    if plan.scope == "layerwise":
+        return select.prune(s, masks, scope="layerwise", rates=list(plan.rates))
+    # Global: one threshold removes num_pruned(rate, kept) entries of the whole tree (exact at
+    # any size; the same rounding rule as the per-leaf rates).
+    return select.prune(s, masks, scope="global", fraction_of_remaining=plan.rate)
+
+
+def _prune_and_rewind(
+    final_params: PyTree,
+    rewind_params: PyTree,
+    masks: PyTree,
+    *,
+    plan: Plan,
+    key: jax.Array | None = None,
+    init_params: PyTree | None = None,
+    init_fn: Callable[[jax.Array], PyTree] | None = None,
+    std: float | rules_lib.Rules | None = None,
+) -> tuple[PyTree, PyTree]:
+    k_prune = k_rewind = None
+    if key is not None:
+        k_prune, k_rewind = jax.random.split(key)
+    init_params = rewind_params if init_params is None else init_params
+    new = next_masks(final_params, masks, plan=plan, init_params=init_params, key=k_prune)
+    if plan.weights == "trained":
+        return new, masks_lib.apply_masks(final_params, new)
+    start = rewind(rewind_params, new, action=plan.mask1, mask0=plan.mask0, key=k_rewind,
+                   init_fn=init_fn, std=std)
+    return new, start
+
+
+prune_and_rewind = jax.jit(_prune_and_rewind, static_argnames=("plan", "init_fn", "std"))
+prune_and_rewind.__doc__ = """One IMP level: ``(next masks, next starting weights)``. Jitted.
+
+Args:
+  final_params: the weights at the end of this level's training.
+  rewind_params: the rewind point: the init (rewind to k = 0) or the snapshot taken at
+    iteration k of the first (dense) training (Frankle et al. 2020). Ignored for the weights
+    when ``plan.weights == "trained"`` (learning-rate rewinding / fine-tuning).
+  masks: this level's masks.
+  plan: a :class:`Plan` (static: one compilation per plan).
+  key: randomness for the random criterion and the random mask-1 actions.
+  init_params: ``w_init`` for init-dependent criteria (defaults to ``rewind_params``).
+  init_fn, std: see :func:`rewind` (static: pass a module-level function / a float / a tuple).
+
+Returns:
+  ``(masks, params)`` for the next level; pruned entries of ``params`` are exactly zero
+  (unless ``plan.mask0 == "frozen"``).
+
+Runs under ``jax.vmap`` over replicates (a leading axis on every array argument and on
+``key``) and compiles once per plan and shapes.
+
+>>> plan = Plan(rates=[("out", 0.1), (".*", 0.2)])
+>>> masks, start = prune_and_rewind(final, init, masks, plan=plan)  # doctest: +SKIP
+
+References:
+  Frankle & Carbin 2019; Frankle et al. 2020; Renda et al. 2020.
+"""
+
+
+# ---------------------------------------------------------------------------------------
+# Branches of a level: the controls.
+
+
+@dataclasses.dataclass(frozen=True)
+class Branch:
+    """A run that branches off an IMP level: its masks and its starting weights.
+
+    Attributes:
+      name: label in tables and plots.
+      masks: ``"ticket"`` (the level's IMP masks), ``"random"`` (random masks with the
+        ticket's per-leaf counts), or a criterion (name or callable, see :class:`Plan`)
+        used instead of the ticket's criterion to prune the previous level's trained weights
+        with the same plan.
+      mask1, mask0: the actions of :func:`rewind` applied to those masks.
+    """
+
+    name: str
+    masks: str | Callable[[PyTree, PyTree], PyTree] = "ticket"
+    mask1: str = "rewind"
+    mask0: str = "zero"
+
+    def __post_init__(self) -> None:
+        if self.mask1 not in MASK1_ACTIONS:
+            raise ValueError(f"Branch {self.name!r}: unknown mask-1 action {self.mask1!r}")
+        if self.mask0 not in MASK0_ACTIONS:
+            raise ValueError(f"Branch {self.name!r}: unknown mask-0 action {self.mask0!r}")
+
+
+def reinit_control() -> Branch:
+    """Random re-initialisation with the ticket's mask (Frankle & Carbin 2019)."""
+    return Branch("reinit", masks="ticket", mask1="reinit")
+
+
+def random_pruning_control() -> Branch:
+    """Random masks with the ticket's per-layer counts, from the rewind point."""
+    return Branch("random_prune", masks="random")
+
+
+def criterion_branch(criterion: str, **actions: str) -> Branch:
+    """Masks from another criterion (Zhou et al. 2019), e.g. ``"magnitude_increase"``."""
+    return Branch(f"crit_{criterion}", masks=criterion, **actions)
+
+
+def action_branch(mask1: str = "rewind", mask0: str = "zero") -> Branch:
+    """The ticket's masks with another mask-1 / mask-0 action (Zhou et al. 2019)."""
+    return Branch(f"{mask1}_{mask0}", masks="ticket", mask1=mask1, mask0=mask0)
+
+
+def _branch_start(
+    ticket_masks: PyTree,
+    rewind_params: PyTree,
+    prev_final: PyTree,
+    prev_masks: PyTree,
+    *,
+    branch: Branch,
+    plan: Plan,
+    key: jax.Array,
+    init_params: PyTree | None = None,
+    init_fn: Callable[[jax.Array], PyTree] | None = None,
+    std: float | rules_lib.Rules | None = None,
+) -> tuple[PyTree, PyTree]:
+    k_mask, k_act = jax.random.split(key)
+    if isinstance(branch.masks, str) and branch.masks == "ticket":
+        m = ticket_masks
+    elif isinstance(branch.masks, str) and branch.masks == "random":
+        m = random_masks_like(ticket_masks, key=k_mask)
+    else:
+        crit_plan = dataclasses.replace(plan, criterion=branch.masks)
+        init_params = rewind_params if init_params is None else init_params
+        m = next_masks(prev_final, prev_masks, plan=crit_plan, init_params=init_params,
+                       key=k_mask)
+    start = rewind(rewind_params, m, action=branch.mask1, mask0=branch.mask0, key=k_act,
+                   init_fn=init_fn, std=std)
+    return m, start
+
+
+branch_start = jax.jit(_branch_start, static_argnames=("branch", "plan", "init_fn", "std"))
+branch_start.__doc__ = """A branch's ``(masks, starting weights)`` at an IMP level. Jitted.
+
+Args:
+  ticket_masks: the level's IMP masks.
+  rewind_params: the rewind point (unmasked).
+  prev_final, prev_masks: the previous level's trained weights and masks (used only by
+    criterion branches, which re-prune them with ``plan`` and another criterion).
+  branch: a :class:`Branch` (static).
+  plan: the IMP :class:`Plan` (static).
+  key: randomness (random masks, random actions).
+  init_params, init_fn, std: as in :func:`prune_and_rewind`.
+
+Runs under ``jax.vmap`` over replicates like :func:`prune_and_rewind`.
+
+>>> m, p = branch_start(tm, init, final, pm, branch=reinit_control(), plan=plan,
+...                     key=key)  # doctest: +SKIP
+"""
+
+
+# ---------------------------------------------------------------------------------------
+# Training with frozen (mask-0 = "frozen") weights.
+
+
+class FreezeState(NamedTuple):
+    """State of :func:`freeze_tx`: full-shape bool ``trainable`` tree and the inner state."""
+
+    trainable: PyTree
+    inner: Any
+
+
+def freeze_tx(tx: Any) -> Any:
+    """Wraps an optax transformation so that entries where ``trainable`` is False never move.
+
+    For mask-0 = ``"frozen"`` tickets: train with a forward mask of all ones (so the pruned
+    weights keep their constant rewind-point value in the forward pass) and this wrapper
+    zeroing the gradients and updates of the pruned entries. ``init`` sets every entry
+    trainable; put the ticket's masks in with :func:`set_trainable` (per replicate under
+    ``vmap``). Extra update arguments (``masks=`` from the trainer) go to ``tx``.
+
+    >>> tx = freeze_tx(optax.sgd(0.1))
+    >>> p = {"w": jnp.array([1.0, 2.0])}
+    >>> st = set_trainable(tx.init(p), {"w": jnp.array([True, False])})
+    >>> u, st = tx.update({"w": jnp.ones(2)}, st, p)
+    >>> u["w"]
+    Array([-0.1,  0. ], dtype=float32)
+    """
+    import optax
+
+    extra_ok = isinstance(tx, optax.GradientTransformationExtraArgs)
+
+    def init_fn(params: PyTree) -> FreezeState:
+        trainable = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+        return FreezeState(trainable, tx.init(params))
+
+    def update_fn(updates, state, params=None, **extra):
+        zero = lambda u, t: jnp.where(t, u, jnp.zeros((), jnp.result_type(u)))  # noqa: E731
+        updates = jax.tree.map(zero, updates, state.trainable)
+        if extra_ok:
+            updates, inner = tx.update(updates, state.inner, params, **extra)
+        else:
+            updates, inner = tx.update(updates, state.inner, params)
+        updates = jax.tree.map(zero, updates, state.trainable)
+        return updates, FreezeState(state.trainable, inner)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def set_trainable(state: FreezeState, masks: PyTree) -> FreezeState:
+    """``state`` with ``trainable`` = ``masks`` broadcast to full shape (scalar True -> all)."""
+    trainable = jax.tree.map(lambda t, m: jnp.broadcast_to(m, t.shape), state.trainable, masks)
+    return state._replace(trainable=trainable)
+
+
+# ---------------------------------------------------------------------------------------
+# Export.
+
+
+def _to_numpy(tree: PyTree) -> PyTree:
+    return jax.tree.map(np.asarray, tree)
+
+
+def export_ticket(
+    directory: str | os.PathLike,
+    params: PyTree,
+    masks: PyTree,
+    *,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Saves a ticket (masks + starting weights) with orbax, and its density report.
+
+    Writes ``directory/ticket`` (an orbax PyTree checkpoint of ``{"params", "masks"}``,
+    pruned entries zeroed with :func:`jaxsparse.apply_masks` unless already frozen values),
+    ``directory/density.json`` (per-leaf path/shape/kept/total/density, the total, and
+    ``metadata``) and ``directory/density.txt`` (the printable table).
+
+    Args:
+      directory: output folder (created; an existing ticket there is replaced).
+      params: the ticket's starting weights (e.g. from :func:`prune_and_rewind`); a plain
+        pytree (for NNX use ``nnx.state(model, nnx.Param)`` converted with ``.to_pure_dict()``).
+      masks: the ticket's masks.
+      metadata: JSON-serialisable extras (level, config, accuracy, ...).
+
+    Returns:
+      The absolute path of the directory.
+
+    >>> export_ticket("/tmp/t", params, masks, metadata={"level": 5})  # doctest: +SKIP
+    """
+    import orbax.checkpoint as ocp
+
+    masks_lib.validate(params, masks)
+    directory = os.path.abspath(os.fspath(directory))
+    os.makedirs(directory, exist_ok=True)
+    rep = masks_lib.report(masks)
+    with open(os.path.join(directory, "density.json"), "w") as f:
+        json.dump({"leaves": [dict(r, shape=list(r["shape"])) for r in rep.as_dicts()],
+                   "kept": rep.kept, "total": rep.total, "density": rep.density,
+                   "metadata": metadata or {}}, f, indent=1)
+    with open(os.path.join(directory, "density.txt"), "w") as f:
+        f.write(str(rep) + "\n")
+    path = os.path.join(directory, "ticket")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        ckptr.save(path, {"params": _to_numpy(params), "masks": _to_numpy(masks)}, force=True)
+    return directory
+
+
+def load_ticket(directory: str | os.PathLike, *, like: PyTree | None = None) -> tuple[PyTree,
+                                                                                      PyTree]:
+    """Loads ``(params, masks)`` written by :func:`export_ticket`.
+
+    Args:
+      directory: the folder given to :func:`export_ticket`.
+      like: optional params tree (e.g. a fresh model's params) whose structure the result
+        takes; leaves are matched by path and checked for shape. Without it the result is
+        orbax's nested dicts / lists.
+
+    Returns:
+      ``(params, masks)``; load into a Flax NNX model with ``nnx.update(model, params)``
+      (``like=nnx.state(model, nnx.Param)``), or use as a Linen params dict.
+
+    >>> params, masks = load_ticket("/tmp/t", like=model_params)  # doctest: +SKIP
+    """
+    import orbax.checkpoint as ocp
+
+    path = os.path.join(os.path.abspath(os.fspath(directory)), "ticket")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        tree = ckptr.restore(path)
+    params, masks = tree["params"], tree["masks"]
+    if like is None:
+        return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, masks)
+    return _restructure(params, like, "params"), _restructure(masks, like, "masks", masks=True)
+
+
+def _restructure(tree: PyTree, like: PyTree, what: str, masks: bool = False) -> PyTree:
+    by_path = dict(rules_lib.leaves_with_paths(tree))
+    out = []
+    for path, ref in rules_lib.leaves_with_paths(like):
+        if path not in by_path:
+            raise ValueError(f"ticket {what} has no leaf {path!r}; it has {sorted(by_path)}")
+        value = jnp.asarray(by_path[path])
+        if not masks or value.ndim > 0:
+            if value.shape != np.shape(ref):
+                raise ValueError(f"ticket {what} leaf {path!r} has shape {value.shape}, "
+                                 f"the model has {np.shape(ref)}")
+        out.append(value)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), out)
+
+
+__all__ = [
+    "MASK0_ACTIONS", "MASK1_ACTIONS", "Branch", "Plan", "action_branch", "branch_start",
+    "compute_scores", "criterion_branch", "export_ticket", "freeze_tx", "load_ticket",
+    "FreezeState", "set_trainable",
+    "next_masks", "prune_and_rewind", "random_masks_like", "random_pruning_control",
+    "reinit_control", "rewind",
+]
