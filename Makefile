@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-compat lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The older stack Colab ships (jax 0.7.x, flax 0.11): the same tests against it.
+COMPAT := .venv-compat
+$(COMPAT)/.installed: pyproject.toml
+	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install -q --upgrade pip
+	$(COMPAT)/bin/python -m pip install -q "jax==0.7.2" "jaxlib==0.7.2" "flax>=0.11,<0.12" \
+		"orbax-checkpoint<0.12" -e ".[dev]"
+	touch $(COMPAT)/.installed
+
+test-compat: $(COMPAT)/.installed
+	$(COMPAT)/bin/python -m pytest -q

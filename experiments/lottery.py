@@ -7,9 +7,8 @@
 Level 0 trains the dense network; level ``l >= 1`` prunes the trained weights of level
 ``l - 1`` with the config's plan (layerwise rates or a global rate, a criterion) and restarts
 from the rewind point (``jaxsparse.lottery.prune_and_rewind``). The ``replicates`` are ONE
-population: training and evaluation run through ``jaxsparse.sweep.population_map`` (one
-compiled program, the replicate axis sharded over every device), pruning is ``jax.vmap``-ed
-over them. At every level >= 1 the
+population: every step, prune and evaluation is ``jax.vmap``-ed over them in one compiled
+program (on one device for now: see docs/sweeps.md). At every level >= 1 the
 configured *branches* (controls) train from the same level: random re-initialisation of the
 ticket's mask, random pruning with the ticket's per-layer counts, other criteria, other
 mask-1 / mask-0 actions (``jaxsparse.lottery.branch_start``), through the same training
@@ -192,20 +191,25 @@ def _pause_for_tests(level: int, branch: str, step: int) -> None:
 
 @functools.cache
 def _compiled(apply_fn, tx, batch_size: int, k: int, hooks: tuple, augment):
-    from jaxsparse import sweep, train
+    import jax
+
+    from jaxsparse import train
 
     chunk = train.make_train_chunk(apply_fn, tx, batch_size=batch_size, num_steps=k,
                                    hooks=hooks, augment=augment)
-    # Replicates are one population sharded over every device (padded when the device count
-    # does not divide them); the data is shared by all members.
-    return sweep.population_map(chunk, in_axes=(0, None, None))
+    # Replicates are one vmapped population on one device; the data is shared by all members.
+    # (Sharding them with jaxsparse.sweep.population_map works on jax 0.10 but padded key
+    # arrays crashed XLA on jax 0.7 — see docs/sweeps.md; kept on one device until resolved.)
+    return jax.jit(jax.vmap(chunk, in_axes=(0, None, None)))
 
 
 @functools.cache
 def _compiled_eval(apply_fn):
-    from jaxsparse import sweep, train
+    import jax
 
-    return sweep.population_map(train.make_eval(apply_fn), in_axes=(0, 0, 0, None, None))
+    from jaxsparse import train
+
+    return jax.jit(jax.vmap(train.make_eval(apply_fn), in_axes=(0, 0, 0, None, None)))
 
 
 def train_population(apply_fn, tx, state, dataset, config, *, ckpt_dir: str, hooks=(),

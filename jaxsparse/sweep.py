@@ -231,6 +231,22 @@ def _mesh_context(mesh: Mesh):
     return contextlib.nullcontext()
 
 
+def _is_key(leaf: Any) -> bool:
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _keep_members(a: jax.Array, size: int, axis: int) -> jax.Array:
+    # Drops padded members. Typed keys go through host data: on jax 0.7 a device slice of
+    # sharded keys can come back with the key's hidden trailing dim sharded, which jax then
+    # refuses to read (an internal assertion).
+    if _is_key(a):
+        data = np.asarray(jax.random.key_data(a))
+        return jax.random.wrap_key_data(np.take(data, np.arange(size), axis=axis),
+                                        impl=jax.random.key_impl(a))
+    return jax.lax.slice_in_dim(a, 0, size, 1, axis)
+
+
 def _put(leaf: Any, sharding: NamedSharding, lazy: bool = False) -> jax.Array:
     current = getattr(leaf, "sharding", None) if lazy else None
     if current is not None and current.is_equivalent_to(sharding, leaf.ndim):
@@ -279,6 +295,13 @@ def pad_population(tree: PyTree, size: int, *, axis: int = 0) -> PyTree:
         return tree
 
     def pad(a):
+        if _is_key(a):
+            # Typed keys are padded as host data: on jax 0.7 a device concatenate of sharded
+            # keys can come back with its hidden trailing dim sharded, which jax then refuses.
+            impl = jax.random.key_impl(a)
+            data = np.asarray(jax.random.key_data(a))
+            last = np.take(data, [n - 1] * (size - n), axis=axis)
+            return jax.random.wrap_key_data(np.concatenate([data, last], axis=axis), impl=impl)
         last = jax.lax.slice_in_dim(a, n - 1, n, axis=axis)
         reps = [1] * a.ndim
         reps[axis] = size - n
@@ -512,6 +535,12 @@ def population_map(
                               else PartitionSpec(*([None] * ax), name) for ax in axes)
                 out_spec = PartitionSpec(*([None] * out_axes), name)
                 compiled[key] = jax.jit(_shard_map(prog, the_mesh, specs, out_spec))
+            elif backend == "sharding" and devices > 1:
+                # Pin the outputs' layout to the member axis: left to GSPMD, jax 0.7 may shard
+                # a typed PRNG key's hidden trailing dim, which it then refuses to read back.
+                name = the_mesh.axis_names[0]
+                out_sharding = NamedSharding(the_mesh, PartitionSpec(*([None] * out_axes), name))
+                compiled[key] = jax.jit(prog, out_shardings=out_sharding)
             else:
                 compiled[key] = jax.jit(prog)
         run = compiled[key]
@@ -547,7 +576,7 @@ def population_map(
             if backend == "sharding" and _is_explicit(the_mesh):
                 # Explicit axes refuse a slice that no longer divides the mesh: replicate first.
                 out = jax.device_put(out, NamedSharding(the_mesh, PartitionSpec()))
-            out = jax.tree.map(lambda o: jax.lax.slice_in_dim(o, 0, size, 1, out_axes), out)
+            out = jax.tree.map(lambda o: _keep_members(o, size, out_axes), out)
         return out
 
     call.compiled = compiled  # the jitted/pmapped functions, keyed by layout (for tests)
