@@ -536,8 +536,8 @@ def population_map(
                 out_spec = PartitionSpec(*([None] * out_axes), name)
                 compiled[key] = jax.jit(_shard_map(prog, the_mesh, specs, out_spec))
             elif backend == "sharding" and devices > 1:
-                # Pin the outputs' layout to the member axis: left to GSPMD, jax 0.7 may shard
-                # a typed PRNG key's hidden trailing dim, which it then refuses to read back.
+                # Pin the outputs' layout to the member axis (the inputs' layout) rather than
+                # leaving it to GSPMD, so the next call's inputs are already in place.
                 name = the_mesh.axis_names[0]
                 out_sharding = NamedSharding(the_mesh, PartitionSpec(*([None] * out_axes), name))
                 compiled[key] = jax.jit(prog, out_shardings=out_sharding)

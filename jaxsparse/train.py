@@ -169,7 +169,7 @@ def init_state(
         masks = masks_lib.ones_like(params)
     if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((params, masks))):
         masks_lib.validate(params, masks)  # clear errors naming the leaf; needs concrete values
-    params = _apply_masks(params, masks)
+    params = masks_lib.apply_masks(params, masks)
     state = TrainState(
         params=params,
         model_state={} if model_state is None else model_state,
@@ -180,14 +180,6 @@ def init_state(
         hook_state=(),
     )
     return state._replace(hook_state=tuple(h.init(state) for h in hooks))
-
-
-def _apply_masks(tree: PyTree, masks: PyTree) -> PyTree:
-    # jnp.where on prunable leaves only; a trace-safe twin of masks.apply_masks (which also
-    # validates, needing concrete values).
-    return jax.tree.map(
-        lambda p, m: jnp.where(m, p, jnp.zeros((), p.dtype)) if masks_lib.is_prunable(m) else p,
-        tree, masks)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -240,9 +232,9 @@ def make_step(
         (loss_val, (logits, new_ms)), grads = jax.value_and_grad(loss, has_aux=True)(
             state.params
         )
-        grads = _apply_masks(grads, state.masks)
+        grads = masks_lib.apply_masks(grads, state.masks)
         updates, opt_state = _tx_update(tx, grads, state.opt_state, state.params, state.masks)
-        params = _apply_masks(optax.apply_updates(state.params, updates), state.masks)
+        params = masks_lib.apply_masks(optax.apply_updates(state.params, updates), state.masks)
         new = state._replace(params=params, model_state=new_ms, opt_state=opt_state,
                              step=state.step + 1)
         if len(hooks) != len(state.hook_state):
@@ -337,7 +329,7 @@ def make_eval(
     """
 
     def eval_fn(params, model_state, masks, x, y):
-        params = _apply_masks(params, masks)
+        params = masks_lib.apply_masks(params, masks)
         n = x.shape[0]
         bs = min(batch_size, n)
         nb = -(-n // bs)
