@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check jaxsparse tests experiments benchmarks
+	$(PY) -m ruff check conftest.py jaxsparse tests experiments benchmarks
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done

@@ -1,22 +1,26 @@
 """Model-steps per second: a population of LeNet-300-100 Adam trainers vs sequential runs.
 
-    python benchmarks/bench_population.py            # populations 1, 4, 16, 64
-    python benchmarks/bench_population.py --quick    # populations 1, 4, 16, fewer steps
+    python benchmarks/bench_population.py                    # populations 1, 4, 16, 64
+    python benchmarks/bench_population.py --quick            # populations 1, 4, 16, fewer steps
+    python benchmarks/bench_population.py --cpu-devices 2    # one faked CPU device per core
 
 Every population size runs, side by side in one process and interleaved repetition by
-repetition (other processes share the CPU: only ratios measured together mean something):
+repetition in a shuffled order (other processes share the CPU: only ratios measured together
+mean something):
 
-* ``sequential``   the members one after another, each a jitted ``lax.scan`` of its steps;
+* ``sequential``   the members one after another, each a jitted ``lax.scan`` of its steps
+                   (on one device, XLA's intra-op threads on every core);
 * ``naive vmap``   ``jit(vmap(scan))`` over member-major data ``[P, T, ...]``;
 * ``population``   ``jaxsparse.sweep.train_population`` with its defaults (time-major data,
-                   ``inner="auto"``: ``lax.map`` over cache-sized groups on CPU, one vmap on
-                   accelerators), one compiled program for the whole population;
+                   ``inner="auto"``: on CPU, groups of members sized to the last-level cache
+                   and the device's threads, one after another in a ``fori_loop``; one vmap
+                   on accelerators), one compiled program for the whole population;
 * ``inner=vmap``   the same program with every member of a device in one vmap;
-* ``inner=map group=g``  ``lax.map`` over groups of ``g`` vmapped members (g=1: unbatched);
+* ``inner=map group=g``  groups of ``g`` vmapped members (g=1: unbatched) one after another;
 * ``shared batch`` the default trainer, every member seeing the same batch.
 
 Prints a table (median model-steps/s, ratio to sequential, achieved GFLOP/s) and writes
-``benchmarks/results/population.json``.
+``benchmarks/results/population[_cpuN].json``.
 """
 
 from __future__ import annotations
@@ -25,14 +29,34 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
-from jaxsparse import sweep
+def _args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pops", type=int, nargs="*")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--reps", type=int)
+    parser.add_argument("--groups", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="fake this many CPU devices (XLA_FLAGS; set before jax starts)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = _args()
+    if ARGS.cpu_devices:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={ARGS.cpu_devices}")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from jaxsparse import sweep  # noqa: E402
 
 BATCH, SIZES = 60, (784, 300, 100, 10)
 TX = optax.adam(1.2e-3)
@@ -88,6 +112,11 @@ def bench(pop: int, steps: int, reps: int, groups: list[int]) -> dict:
     naive = jax.jit(jax.vmap(member_train))
     shared = (x_tm[:, 0], y_tm[:, 0])
     mesh = sweep.make_mesh()
+    if pop % mesh.size == 0:  # lay the population out once, as a training loop would
+        state = sweep.shard_population(state, mesh)
+        x_tm, y_tm = sweep.shard_population((x_tm, y_tm), mesh, axis=1)
+        shared = jax.device_put(shared, jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec()))
     cases = {
         "sequential": lambda: [single(*m) for m in members],
         "naive vmap": lambda: naive(state, (x_mm, y_mm)),
@@ -107,8 +136,12 @@ def bench(pop: int, steps: int, reps: int, groups: list[int]) -> dict:
     for f in cases.values():  # compile + warm up
         jax.block_until_ready(f())
     times: dict[str, list[float]] = {k: [] for k in cases}
+    order = list(cases)
+    rng = np.random.default_rng(pop)
     for _ in range(reps):
-        for name, f in cases.items():
+        rng.shuffle(order)  # no case always runs right after the cache-thrashing naive vmap
+        for name in order:
+            f = cases[name]
             t0 = time.perf_counter()
             jax.block_until_ready(f())
             times[name].append(time.perf_counter() - t0)
@@ -127,13 +160,7 @@ def bench(pop: int, steps: int, reps: int, groups: list[int]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--pops", type=int, nargs="*")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--reps", type=int)
-    parser.add_argument("--groups", type=int, nargs="*", default=[1, 4])
-    args = parser.parse_args()
+    args = ARGS
     pops = args.pops or ([1, 4, 16] if args.quick else [1, 4, 16, 64])
     steps = args.steps or (10 if args.quick else 40)
     reps = args.reps or (3 if args.quick else 7)
@@ -159,9 +186,11 @@ def main() -> None:
         "batch": BATCH,
         "mflop_per_step": flops_per_step() / 1e6,
         "cpu_cache_budget_bytes": sweep.CPU_CACHE_BUDGET_BYTES,
+        "argv": sys.argv[1:],
     }
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(__file__), "results", "population.json")
+    name = f"population_cpu{args.cpu_devices}.json" if args.cpu_devices else "population.json"
+    path = os.path.join(os.path.dirname(__file__), "results", name)
     with open(path, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
     print(f"wrote {path}")

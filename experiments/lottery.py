@@ -7,8 +7,9 @@
 Level 0 trains the dense network; level ``l >= 1`` prunes the trained weights of level
 ``l - 1`` with the config's plan (layerwise rates or a global rate, a criterion) and restarts
 from the rewind point (``jaxsparse.lottery.prune_and_rewind``). The ``replicates`` are ONE
-population: every step, prune and evaluation is ``jax.vmap``-ed over them in one compiled
-program (on one device for now: see docs/sweeps.md). At every level >= 1 the
+population: every training chunk and evaluation is one compiled program over all of them,
+sharded over every device (``jaxsparse.sweep.population_map``; on a CPU-only machine up to
+one device per core, ``--cpu-devices``), and pruning is ``jax.vmap``-ed. At every level >= 1 the
 configured *branches* (controls) train from the same level: random re-initialisation of the
 ticket's mask, random pruning with the ticket's per-layer counts, other criteria, other
 mask-1 / mask-0 actions (``jaxsparse.lottery.branch_start``), through the same training
@@ -191,25 +192,20 @@ def _pause_for_tests(level: int, branch: str, step: int) -> None:
 
 @functools.cache
 def _compiled(apply_fn, tx, batch_size: int, k: int, hooks: tuple, augment):
-    import jax
-
-    from jaxsparse import train
+    from jaxsparse import sweep, train
 
     chunk = train.make_train_chunk(apply_fn, tx, batch_size=batch_size, num_steps=k,
                                    hooks=hooks, augment=augment)
-    # Replicates are one vmapped population on one device; the data is shared by all members.
-    # (Sharding them with jaxsparse.sweep.population_map works on jax 0.10 but padded key
-    # arrays crashed XLA on jax 0.7 — see docs/sweeps.md; kept on one device until resolved.)
-    return jax.jit(jax.vmap(chunk, in_axes=(0, None, None)))
+    # The replicates are one population sharded over every device (one per core on a CPU,
+    # `--cpu-devices`); the data is shared by all members.
+    return sweep.population_map(chunk, in_axes=(0, None, None))
 
 
 @functools.cache
 def _compiled_eval(apply_fn):
-    import jax
+    from jaxsparse import sweep, train
 
-    from jaxsparse import train
-
-    return jax.jit(jax.vmap(train.make_eval(apply_fn), in_axes=(0, 0, 0, None, None)))
+    return sweep.population_map(train.make_eval(apply_fn), in_axes=(0, 0, 0, None, None))
 
 
 def train_population(apply_fn, tx, state, dataset, config, *, ckpt_dir: str, hooks=(),
@@ -561,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (Python literal), repeatable")
     parser.add_argument("--quiet", action="store_true", help="no per-level lines")
+    parser.add_argument("--cpu-devices", default="auto", help=common.CPU_DEVICES_HELP)
     args = parser.parse_args(argv)
     config = common.load_config(args.config)
     if args.replicates is not None:
@@ -572,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         config.data_dir = os.path.expanduser(args.data_dir)
     common.apply_overrides(config, args.set)
+    common.cpu_devices(args.cpu_devices, int(config.replicates))
     run(config, args.out, show_progress=not args.quiet)
     return 0
 

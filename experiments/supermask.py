@@ -23,6 +23,16 @@ No weight is ever trained in ``learned`` / ``edge_popup``: the run asserts the f
 are bitwise unchanged at the end. Output ``<out>/<name>-<hash>/``: ``results.json``,
 ``metrics.csv``, ``curves.png`` (training) or ``at_init.csv`` / ``at_init.png`` (sweep), and
 ``export/`` (the found subnetwork as dense-with-zeros params + bool masks, ``.npz``).
+
+Population mode (``learned`` / ``edge_popup``), ``config.replicates > 1`` or ``--replicates N``:
+the N replicates train as ONE population (``experiments.lottery.train_population``: every
+chunk and evaluation is one compiled program over all of them, sharded over every device; on
+a CPU-only machine one device per core, ``--cpu-devices``), checkpointed and resumable.
+Replicate i's keys (model init, supermask init, data order) come from
+``fold_in(key(seed), i)``, so they do not depend on N. ``results.json`` then holds
+per-replicate lists with their mean and std (over replicates, ddof 0), ``replicates.csv`` one
+row per replicate, ``metrics.csv`` / ``curves.png`` the mean (and std) over replicates, and
+``export/`` replicate 0's subnetwork.
 """
 
 from __future__ import annotations
@@ -83,7 +93,12 @@ def _save_export(path: str, params: Any, masks: Any) -> None:
 
 
 def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
-    """Learned supermask or edge-popup training; returns the results dict."""
+    """Learned supermask or edge-popup training; returns the results dict.
+
+    With ``config.replicates > 1``: :func:`run_population` (the replicates as one population).
+    """
+    if int(config.get("replicates", 1)) > 1:
+        return run_population(config, out, show_progress=show_progress)
     import jax
 
     from experiments.lottery import build_model, load_dataset
@@ -146,6 +161,177 @@ def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
           f"{results['compact']['removable']}/{results['compact']['hidden_units']} hidden "
           f"units removable. Results: {os.path.join(path, 'results.json')}")
     return results
+
+
+# ---------------------------------------------------------------------------------------
+# Population mode: the replicates trained as one population.
+
+
+def replicate_keys(seed: int, replicates: int):
+    """``[replicates, 3]`` keys (model init, supermask init, data order), one row per replicate.
+
+    Row i is ``split(fold_in(key(seed), i), 3)``: it does not depend on ``replicates``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    root = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.split(jax.random.fold_in(root, i), 3))(
+        jnp.arange(replicates, dtype=jnp.uint32))
+
+
+def init_member(fn, sm, tx, keys):
+    """One replicate's ``TrainState`` from its three keys (vmappable over ``keys``)."""
+    from jaxsparse import train
+
+    params, model_state = fn.init_fn(keys[0])
+    sm_params, sm_state = sm.init(params, model_state, key=keys[1])
+    return train.init_state(sm_params, tx, key=keys[2], model_state=sm_state)
+
+
+def _population_config(config: Any) -> Any:
+    # `train_population` reads `checkpoint_every`; the supermask configs default it to
+    # `eval_every` (as the single-model path does). A copy: the run's config stays as given.
+    import copy
+
+    cfg = copy.deepcopy(config)
+    every = config.get("checkpoint_every", config.eval_every)
+    if hasattr(cfg, "unlocked"):
+        with cfg.unlocked():
+            cfg.checkpoint_every = every
+    else:
+        cfg["checkpoint_every"] = every
+    return cfg
+
+
+def _take(tree: Any, r: int) -> Any:
+    import jax
+
+    return jax.tree.map(lambda a: a[r], tree)
+
+
+def _mean_std(values) -> tuple[float, float]:
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std())
+
+
+def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict:
+    """Trains ``config.replicates`` supermasks as one population; returns the results dict.
+
+    Every value of ``results.json`` that differs between replicates is a per-replicate list
+    (``history[metric]``: one list of per-replicate values per evaluation), with ``*_mean`` /
+    ``*_std`` beside it; ``density_report`` / ``compact`` and ``export/`` are replicate 0's.
+    Raises if any replicate's frozen weights changed.
+    """
+    import jax
+
+    from experiments.lottery import build_model, load_dataset, summarise, train_population
+    from jaxsparse import masks as masks_lib
+    from jaxsparse import supermask, sweep, train
+
+    R = int(config.get("replicates", 1))
+    path = common.run_dir(out, config)
+    if common.is_finished(path):
+        print(f"finished already: {os.path.join(path, 'results.json')}")
+        with open(os.path.join(path, "results.json")) as f:
+            return json.load(f)
+    dataset = load_dataset(config)
+    fn = build_model(config, dataset)
+    sm = build_supermask(config, fn.apply_fn)
+    tx = build_optimizer(config, config.num_steps)
+    # One compiled program (op-by-op, the vmapped init would compile every primitive).
+    state = jax.jit(jax.vmap(functools.partial(init_member, fn, sm, tx)))(
+        replicate_keys(config.seed, R))
+    frozen0 = [np.asarray(a).copy() for a in jax.tree.leaves(state.model_state["weights"])]
+    if show_progress:
+        print(f"{config.name}: {dataset!r}, model {config.model}, method {config.method}, "
+              f"{R} replicates as one population over {jax.device_count()} "
+              f"{jax.default_backend()} devices, run dir {path}", flush=True)
+    t0 = time.perf_counter()
+    state, h = train_population(sm.apply, tx, state, dataset, _population_config(config),
+                                ckpt_dir=os.path.join(path, "ckpt"), tag=(0, config.method))
+    seconds = time.perf_counter() - t0
+    final_w = [np.asarray(a) for a in jax.tree.leaves(state.model_state["weights"])]
+    changed = [r for r in range(R) if not all(
+        a[r].tobytes() == b[r].tobytes() for a, b in zip(frozen0, final_w, strict=True))]
+    if changed:
+        raise AssertionError(f"frozen weights changed during supermask training "
+                             f"(replicates {changed})")
+    names = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
+    final = {m: h[m][-1] for m in names}
+    results = {"config": common.to_dict(config), "dataset": repr(dataset), "replicates": R,
+               "final": final,
+               "final_mean": {m: _mean_std(v)[0] for m, v in final.items()},
+               "final_std": {m: _mean_std(v)[1] for m, v in final.items()},
+               "early_stop": summarise(h), "weights_unchanged": True}
+    x_te, y_te = dataset.test
+    if config.method == "learned":
+        det = functools.partial(sm.apply, deterministic=True)
+        acc = sweep.population_map(train.make_eval(det), in_axes=(0, 0, 0, None, None))(
+            state.params, state.model_state, state.masks, x_te, y_te)["accuracy"]
+        em = [float(v) for v in jax.device_get(acc)]
+        results["expected_mask_test_accuracy"] = em
+        (results["expected_mask_test_accuracy_mean"],
+         results["expected_mask_test_accuracy_std"]) = _mean_std(em)
+    dense_params, masks = jax.jit(jax.vmap(sm.export))(state.params, state.model_state)
+    dense_params, masks = jax.device_get((dense_params, masks))
+    results["density"] = [float(masks_lib.density(_take(masks, r))) for r in range(R)]
+    results["density_mean"], results["density_std"] = _mean_std(results["density"])
+    masks0 = _take(masks, 0)
+    results["density_report"] = masks_lib.report(masks0).as_dicts()  # replicate 0
+    results["compact"] = supermask.compact_report(masks0)  # replicate 0
+    results["history"] = h
+    _save_export(os.path.join(path, "export"), _take(dense_params, 0), masks0)
+    rows = {"replicate": list(range(R)), "density": results["density"],
+            **{f"final_{m}": final[m] for m in names},
+            **{k: v for k, v in results["early_stop"].items() if k != "final_test_accuracy"}}
+    if "expected_mask_test_accuracy" in results:
+        rows["expected_mask_test_accuracy"] = results["expected_mask_test_accuracy"]
+    common.write_csv(os.path.join(path, "replicates.csv"), rows)
+    curves = {"step": h["step"]}
+    for m in names:
+        curves[f"{m}_mean"] = [_mean_std(v)[0] for v in h[m]]
+        curves[f"{m}_std"] = [_mean_std(v)[1] for v in h[m]]
+    common.write_csv(os.path.join(path, "metrics.csv"), curves)
+    plot_population_curves(os.path.join(path, "curves.png"), h,
+                           title=f"{config.name} ({R} replicates)")
+    common.write_json(os.path.join(path, "timing.json"), {"seconds": seconds, "replicates": R})
+    common.write_json(os.path.join(path, "results.json"), results)
+    fm, fs = results["final_mean"]["test_accuracy"], results["final_std"]["test_accuracy"]
+    msg = f"done in {seconds:.1f}s: {R} replicates, test accuracy {fm:.4f} ± {fs:.4f}"
+    if "expected_mask_test_accuracy" in results:
+        msg += (f" (expected mask {results['expected_mask_test_accuracy_mean']:.4f} ± "
+                f"{results['expected_mask_test_accuracy_std']:.4f})")
+    print(f"{msg}, mask density {results['density_mean']:.4f}, weights bitwise unchanged in "
+          f"every replicate. Results: {os.path.join(path, 'results.json')}")
+    return results
+
+
+def plot_population_curves(path: str, history: dict[str, list], *, title: str = "") -> None:
+    """Val / test loss and accuracy against iteration: mean over replicates, ± std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = np.asarray(history["step"])
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split in ("val", "test"):
+            v = np.asarray(history[f"{split}_{metric}"], np.float64)  # [evaluations, R]
+            mean, std = v.mean(axis=1), v.std(axis=1)
+            (line,) = ax.plot(steps, mean, label=f"{split} (mean)")
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2,
+                            lw=0, label=f"{split} ± std")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def run_at_init(config: Any, out: str, *, show_progress: bool = True) -> dict:
@@ -242,8 +428,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (Python literal), repeatable")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--replicates", type=int,
+                        help="override config.replicates (> 1: one population, learned / "
+                             "edge_popup)")
+    parser.add_argument("--cpu-devices", default="auto", help=common.CPU_DEVICES_HELP)
     args = parser.parse_args(argv)
     config = common.load_config(args.config)
+    # `replicates` is optional in the supermask configs (absent = 1): add it only when asked
+    # for, so a single-model run keeps its run directory (the hash covers every key).
+    if args.replicates is not None and (args.replicates != 1 or "replicates" in config):
+        config.replicates = args.replicates
+    if "replicates" not in config and any(o.split("=", 1)[0] == "replicates" for o in args.set):
+        config.replicates = 1  # so that `--set replicates=N` works too
     if args.mode:
         config.method = args.mode
     if args.dataset:
@@ -255,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     common.apply_overrides(config, args.set)
     if config.method not in METHODS:
         raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
+    if config.method == "at_init" and int(config.get("replicates", 1)) > 1:
+        raise ValueError("replicates > 1 is for the learned / edge_popup methods")
+    if int(config.get("replicates", 1)) < 1:
+        raise ValueError(f"replicates must be >= 1, got {config.replicates}")
+    common.cpu_devices(args.cpu_devices, int(config.get("replicates", 1)))
     run = run_at_init if config.method == "at_init" else run_training
     run(config, args.out, show_progress=not args.no_progress)
     return 0

@@ -183,6 +183,12 @@ def _plot(path: str, table, steps) -> None:
     plt.close(fig)
 
 
+def common_help() -> str:
+    from experiments import common
+
+    return common.CPU_DEVICES_HELP
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
@@ -191,20 +197,24 @@ def main(argv=None) -> None:
     parser.add_argument("--num-tasks", type=int, default=None)
     parser.add_argument("--merge-only", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    parser.add_argument("--cpu-devices", default="auto", help=common_help())
     args = parser.parse_args(argv)
 
     from experiments import common
     from jaxsparse import sweep
 
-    sweep.init_distributed()  # multi-host when SLURM / JAX_COORDINATOR_ADDRESS say so
     config = common.apply_overrides(common.load_config(args.config), args.set)
-    out = os.path.join(args.out, f"{config.name}-{common.config_hash(config)}")
-    os.makedirs(out, exist_ok=True)
-    common.write_json(os.path.join(out, "config.json"), common.to_dict(config))
     env_index = os.environ.get("SLURM_ARRAY_TASK_ID")
     index = args.task_index if args.task_index is not None else int(env_index or 0)
     num = args.num_tasks if args.num_tasks is not None else int(
         os.environ.get("SLURM_ARRAY_TASK_COUNT", 1))
+    # Both before any JAX operation: the CPU device count, then multi-host start-up.
+    grid = sweep.grid(**{a: list(config[a]) for a in AXES})
+    common.cpu_devices(args.cpu_devices, len(sweep.task_slice(grid, index, num)))
+    sweep.init_distributed()  # multi-host when SLURM / JAX_COORDINATOR_ADDRESS say so
+    out = os.path.join(args.out, f"{config.name}-{common.config_hash(config)}")
+    os.makedirs(out, exist_ok=True)
+    common.write_json(os.path.join(out, "config.json"), common.to_dict(config))
     if not args.merge_only:
         run_task(config, out, index, num)
     done = len(glob.glob(os.path.join(out, "task_*", "results.jsonl")))

@@ -6,7 +6,12 @@ light (jax and optax only): ``jaxsparse.models``, ``jaxsparse.data``, ``jaxspars
 ``jaxsparse.checkpoint`` load flax / tensorflow-datasets / orbax on first attribute access.
 
 >>> import jaxsparse as js
+>>> params = {"w": jnp.arange(20.0).reshape(4, 5), "b": jnp.zeros(5)}
 >>> masks = js.prune(js.scores.magnitude(params), js.ones_like(params), sparsity=0.9)
+>>> masks["w"][-1]  # the 10% largest magnitudes of the prunable leaves
+Array([False, False, False,  True,  True], dtype=bool)
+>>> int(js.count_kept(masks)), js.count_total(masks)  # biases are not prunable by default
+(2, 20)
 """
 
 import importlib

@@ -11,12 +11,18 @@ so a kill leaves at most a ``*.orbax-checkpoint-tmp*`` directory, never a half s
 temporaries are removed when a :class:`Checkpointer` opens the directory and are never taken
 for a step.
 
->>> ckpt = Checkpointer("/tmp/run/ckpt", keep=2)  # doctest: +SKIP
->>> ckpt.save(100, state, metadata={"history": history})  # returns at once (async)
+>>> import tempfile
+>>> tmp = tempfile.TemporaryDirectory()
+>>> state = {"w": jnp.arange(3.0), "key": jax.random.key(0), "step": jnp.array(100)}
+>>> ckpt = Checkpointer(f"{tmp.name}/ckpt", keep=2)
+>>> ckpt.save(100, state, metadata={"history": [0.5, 0.25]})  # returns at once (async)
 >>> ckpt.latest_step()
 100
->>> state, meta = ckpt.restore(100, target=state)
+>>> restored, meta = ckpt.restore(100, target=state)
+>>> restored["w"], meta
+(Array([0., 1., 2.], dtype=float32), {'history': [0.5, 0.25]})
 >>> ckpt.close()  # waits for pending writes
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations

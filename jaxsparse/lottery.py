@@ -502,10 +502,10 @@ Args:
   key: randomness (random masks, random actions).
   init_params, init_fn, std: as in :func:`prune_and_rewind`.
 
-Runs under ``jax.vmap`` over replicates like :func:`prune_and_rewind`.
+Runs under ``jax.vmap`` over replicates like :func:`prune_and_rewind`. Example (with the
+ticket's masks ``tm``, the previous level's masks ``pm`` and weights ``init``/``final``)::
 
->>> m, p = branch_start(tm, init, final, pm, branch=reinit_control(), plan=plan,
-...                     key=key)  # doctest: +SKIP
+    m, p = branch_start(tm, init, final, pm, branch=reinit_control(), plan=plan, key=key)
 """
 
 
@@ -595,7 +595,14 @@ def export_ticket(
     Returns:
       The absolute path of the directory.
 
-    >>> export_ticket("/tmp/t", params, masks, metadata={"level": 5})  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> params = {"w": jnp.array([[1.0, 0.0], [0.0, 2.0]]), "b": jnp.zeros(2)}
+    >>> masks = {"w": jnp.array([[True, False], [False, True]]), "b": jnp.array(True)}
+    >>> path = export_ticket(f"{tmp.name}/t", params, masks, metadata={"level": 5})
+    >>> sorted(os.listdir(path))
+    ['density.json', 'density.txt', 'ticket']
+    >>> tmp.cleanup()
     """
     import orbax.checkpoint as ocp
 
@@ -629,7 +636,17 @@ def load_ticket(directory: str | os.PathLike, *, like: PyTree | None = None) -> 
       ``(params, masks)``; load into a Flax NNX model with ``nnx.update(model, params)``
       (``like=nnx.state(model, nnx.Param)``), or use as a Linen params dict.
 
-    >>> params, masks = load_ticket("/tmp/t", like=model_params)  # doctest: +SKIP
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> ticket = {"w": jnp.array([[1.0, 0.0], [0.0, 2.0]]), "b": jnp.zeros(2)}
+    >>> masks = {"w": jnp.array([[True, False], [False, True]]), "b": jnp.array(True)}
+    >>> path = export_ticket(f"{tmp.name}/t", ticket, masks)
+    >>> params, masks = load_ticket(path, like=ticket)
+    >>> params["w"], masks["w"]
+    (Array([[1., 0.],
+           [0., 2.]], dtype=float32), Array([[ True, False],
+           [False,  True]], dtype=bool))
+    >>> tmp.cleanup()
     """
     import orbax.checkpoint as ocp
 

@@ -226,9 +226,12 @@ class MaskReport:
 def report(masks: PyTree) -> MaskReport:
     """Per-leaf table of prunable leaves: path, shape, kept, total, density.
 
-    >>> print(report({"w": jnp.array([[True, False]]), "b": jnp.array(True)}))  # doctest: +SKIP
-    path  shape   kept  total  density
-    ...
+    >>> print(report({"w": jnp.array([[True, False]]), "b": jnp.array(True)}))
+    path   shape   kept  total  density
+    -----------------------------------
+    w      (1, 2)     1      2   0.5000
+    -----------------------------------
+    TOTAL             1      2   0.5000
     """
     rows = []
     for path, m in rules_lib.leaves_with_paths(masks):

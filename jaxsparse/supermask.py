@@ -399,9 +399,12 @@ def supermask(
     Returns:
       A :class:`Supermask`.
 
-    >>> sm = supermask(apply_fn, estimator="topk", density=0.5)               # doctest: +SKIP
-    >>> sm_params, sm_state = sm.init(params, model_state, key=jax.random.key(0))  # doctest: +SKIP
-    >>> logits, sm_state = sm.apply(sm_params, sm_state, x, train=True, key=key)   # doctest: +SKIP
+    Example (``apply_fn``, ``params``, ``model_state`` from ``jaxsparse.models.functional``;
+    ``tests/test_supermask.py`` runs it)::
+
+        sm = supermask(apply_fn, estimator="topk", density=0.5)
+        sm_params, sm_state = sm.init(params, model_state, key=jax.random.key(0))
+        logits, sm_state = sm.apply(sm_params, sm_state, x, train=True, key=key)
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -545,7 +548,9 @@ def at_init(
       rules: which leaves are prunable.
       key: PRNG key for the ``"random"`` criterion.
 
-    >>> params, masks = at_init(w0, w_final, density=0.2)                     # doctest: +SKIP
+    Example (``w0`` the initial weights, ``w_final`` the trained ones)::
+
+        params, masks = at_init(w0, w_final, density=0.2)
 
     References:
       Zhou et al. 2019, "Deconstructing Lottery Tickets", Section 5 ("Supermasks").

@@ -13,11 +13,12 @@ The pieces:
   :func:`make_mesh` ``population`` axis by default, or ``jax.pmap`` with
   ``backend="pmap"``; sizes that do not divide the device count are padded, and a
   population can run in fixed-size chunks compiled once); the *inner* strategy says how
-  one device runs its share inside the same program: one ``vmap`` (accelerators) or a
-  ``lax.map`` over cache-sized groups (CPU, where a vmapped population was slower than
+  one device runs its share inside the same program: one ``vmap`` (accelerators) or
+  cache-sized groups one after another (CPU, where a vmapped population was slower than
   running the members one after another; see ``docs/sweeps.md``).
 * :func:`train_population` is the population trainer: ``lax.scan`` over time-major batches
   for every member, with the same outer/inner layout.
+* :func:`use_cpu_devices` gives a CPU run one device per core (call before any JAX op).
 * :func:`memory_plan` / :func:`check_fits` estimate device memory per member and refuse a
   population that would not fit.
 * Multi-host and job arrays live in :mod:`jaxsparse.sweep_io` (``init_distributed``,
@@ -67,9 +68,35 @@ AxisSpec = int | None | Sequence[int | None]
 
 POPULATION_AXIS = "population"
 
-# On CPU a member's training state should stay in cache while it steps: chunks of the
-# population are sized so that chunk x (bytes per member) stays under this budget.
-CPU_CACHE_BUDGET_BYTES = 8 * 2**20
+
+
+def _last_level_cache_bytes(default: int = 8 * 2**20) -> int:
+    """Size of the CPU's last-level cache (Linux sysfs), ``default`` where unknown.
+
+    ``JAXSPARSE_CPU_CACHE_BYTES`` overrides it (e.g. a per-CCX L3 on a many-core EPYC).
+    """
+    if os.environ.get("JAXSPARSE_CPU_CACHE_BYTES"):
+        return int(os.environ["JAXSPARSE_CPU_CACHE_BYTES"])
+    best = 0
+    for index in range(8):
+        path = f"/sys/devices/system/cpu/cpu0/cache/index{index}/size"
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KkMmGg")
+        if digits.isdigit():
+            best = max(best, int(digits) * unit)
+    return best or default
+
+
+# On CPU a group of members steps together (vmapped) while its training state stays in
+# cache: groups are sized so that group x (working set per member) stays under this budget,
+# half the last-level cache (read once at import; see `cache_group_size`): the rest holds
+# the streaming batches, and on a VM other tenants share that cache.
+CPU_CACHE_BUDGET_BYTES = _last_level_cache_bytes() // 2
 
 
 # --------------------------------------------------------------------------- building
@@ -181,6 +208,46 @@ def stack_members(trees: Sequence[PyTree], axis: int = 0) -> PyTree:
 # --------------------------------------------------------------------------- sharding
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def use_cpu_devices(count: int | None = None) -> int:
+    """One JAX CPU device per core, for populations on a CPU; call before any JAX operation.
+
+    XLA:CPU splits each small matmul of ONE device between the intra-op threads, which
+    scales poorly (LeNet-300-100 on 2 cores: 1.5x one core); with a device per core the
+    population is sharded over the cores and each runs whole members (measured 1.34–1.39x the
+    members run one after another; ``benchmarks/bench_population.py --cpu-devices 2``).
+    Sets ``jax_num_cpu_devices``; only the CPU backend is affected (a GPU run is not).
+
+    Leaves the device count alone, and returns it, when the user already chose one
+    (``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, or the config) or when
+    JAX has already started its backends (then it is too late to change).
+
+    Args:
+      count: devices (default: the cores this process may run on).
+
+    Returns:
+      The number of CPU devices JAX will use.
+    """
+    count = _cores() if count is None else int(count)
+    if count < 1:
+        raise ValueError(f"use_cpu_devices needs count >= 1, got {count}")
+    flags = os.environ.get("XLA_FLAGS", "")
+    chosen = getattr(jax.config, "jax_num_cpu_devices", -1)
+    if "xla_force_host_platform_device_count" in flags or chosen not in (-1, None):
+        return len(jax.local_devices(backend="cpu"))
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # backends already initialised: keep what there is
+        return len(jax.local_devices(backend="cpu"))
+    return count
+
+
 def make_mesh(
     devices: Sequence[Any] | None = None,
     *,
@@ -217,6 +284,12 @@ def _default_mesh() -> Mesh:
     return make_mesh()
 
 
+@functools.lru_cache(maxsize=64)
+def _sub_mesh(mesh: Mesh, size: int) -> Mesh:
+    return make_mesh(list(mesh.devices.flat[:size]), axis_name=mesh.axis_names[0],
+                     axis_type="explicit" if _is_explicit(mesh) else "auto")
+
+
 def _is_explicit(mesh: Mesh) -> bool:
     return any(str(t).endswith("Explicit") for t in getattr(mesh, "axis_types", ()) or ())
 
@@ -229,22 +302,6 @@ def _mesh_context(mesh: Mesh):
     import contextlib
 
     return contextlib.nullcontext()
-
-
-def _is_key(leaf: Any) -> bool:
-    dtype = getattr(leaf, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _keep_members(a: jax.Array, size: int, axis: int) -> jax.Array:
-    # Drops padded members. Typed keys go through host data: on jax 0.7 a device slice of
-    # sharded keys can come back with the key's hidden trailing dim sharded, which jax then
-    # refuses to read (an internal assertion).
-    if _is_key(a):
-        data = np.asarray(jax.random.key_data(a))
-        return jax.random.wrap_key_data(np.take(data, np.arange(size), axis=axis),
-                                        impl=jax.random.key_impl(a))
-    return jax.lax.slice_in_dim(a, 0, size, 1, axis)
 
 
 def _put(leaf: Any, sharding: NamedSharding, lazy: bool = False) -> jax.Array:
@@ -293,21 +350,35 @@ def pad_population(tree: PyTree, size: int, *, axis: int = 0) -> PyTree:
         raise ValueError(f"cannot pad a population of {n} down to {size}")
     if size == n:
         return tree
+    return _padder(size, axis, None)(tree)
 
-    def pad(a):
-        if _is_key(a):
-            # Typed keys are padded as host data: on jax 0.7 a device concatenate of sharded
-            # keys can come back with its hidden trailing dim sharded, which jax then refuses.
-            impl = jax.random.key_impl(a)
-            data = np.asarray(jax.random.key_data(a))
-            last = np.take(data, [n - 1] * (size - n), axis=axis)
-            return jax.random.wrap_key_data(np.concatenate([data, last], axis=axis), impl=impl)
-        last = jax.lax.slice_in_dim(a, n - 1, n, axis=axis)
-        reps = [1] * a.ndim
-        reps[axis] = size - n
-        return jnp.concatenate([a, jnp.tile(last, reps)], axis=axis)
 
-    return jax.tree.map(pad, tree)
+@functools.lru_cache(maxsize=256)
+def _padder(size: int, axis: int, sharding: NamedSharding | None) -> Callable:
+    # ONE compiled program pads a whole pytree (and lays it out when given a sharding):
+    # eager concatenates of sharded leaves compile a program per leaf shape and dispatch
+    # one op per leaf, which dominated small populations' runs.
+    def pad(tree):
+        def one(a):
+            n = a.shape[axis]
+            last = jax.lax.slice_in_dim(a, n - 1, n, axis=axis)
+            shape = a.shape[:axis] + (size - n,) + a.shape[axis + 1 :]
+            return jnp.concatenate([a, jnp.broadcast_to(last, shape)], axis=axis)
+
+        return jax.tree.map(one, tree)
+
+    return jax.jit(pad, out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=256)
+def _unpadder(size: int, axis: int, sharding: NamedSharding | None) -> Callable:
+    # Drops padded members in one compiled program. On a mesh the result is replicated
+    # (its member count no longer divides the devices); pinning that layout also keeps jax
+    # 0.7 from sharding a typed key's hidden trailing dim, which it then refuses to read.
+    def keep(tree):
+        return jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, size, 1, axis), tree)
+
+    return jax.jit(keep, out_shardings=sharding)
 
 
 # --------------------------------------------------------------------------- running
@@ -359,17 +430,35 @@ def _layout(size: int, chunk_size: int | None, devices: int) -> _Layout:
 INNER_STRATEGIES = ("auto", "vmap", "map")
 
 
-def cache_group_size(member_bytes: int) -> int:
+def cache_group_size(member_bytes: int, *, threads: int = 1, budget: int | None = None) -> int:
     """Members vmapped together on a CPU so that their step working set stays in cache.
 
     ``member_bytes`` is ONE member's training state (params, optimizer state, masks); its
-    step working set is taken as 4/3 of it (plus the gradients of the params).
+    step working set is taken as 4/3 of it (plus the gradients of the params). Where the
+    budget holds at least ``threads`` members the group is rounded down to a multiple of
+    ``threads`` (the intra-op threads of a device): XLA:CPU then gives each thread whole
+    members' matmuls instead of splitting every small matmul between the threads.
 
-    >>> cache_group_size(4 * 2**20), cache_group_size(2**16)
-    (1, 96)
+    >>> cache_group_size(4 * 2**20, budget=8 * 2**20), cache_group_size(2**16, budget=2**20)
+    (1, 12)
+    >>> cache_group_size(3_200_000, threads=2, budget=24 * 2**20)
+    4
     """
+    budget = CPU_CACHE_BUDGET_BYTES if budget is None else int(budget)
     working = max(1, int(member_bytes) * 4 // 3)
-    return max(1, CPU_CACHE_BUDGET_BYTES // working)
+    group = max(1, budget // working)
+    threads = max(1, int(threads))
+    return group - group % threads if group >= threads else group
+
+
+def _cpu_threads_and_budget() -> tuple[int, int]:
+    """Intra-op threads per CPU device and its share of the cache budget.
+
+    The CPU devices of one process (``--xla_force_host_platform_device_count``) run at the
+    same time and share the cores and the last-level cache.
+    """
+    cpu_devices = max(1, len(jax.local_devices(backend="cpu")))
+    return max(1, _cores() // cpu_devices), max(1, CPU_CACHE_BUDGET_BYTES // cpu_devices)
 
 
 def _platform(backend: str, mesh: Mesh | None) -> str:
@@ -386,23 +475,23 @@ def _group(inner: str, inner_chunk: int | None, platform: str, member_bytes: int
         return None
     if inner_chunk is not None:
         return max(1, int(inner_chunk))
-    return 1 if inner == "map" else cache_group_size(member_bytes)
+    if inner == "map":
+        return 1
+    threads, budget = _cpu_threads_and_budget()
+    return cache_group_size(member_bytes, threads=threads, budget=budget)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
-def _device_program(
-    fn: Callable, axes: tuple, out_axes: int, group: int | None, one: Callable | None = None
-) -> Callable:
+def _device_program(fn: Callable, axes: tuple, out_axes: int, group: int | None) -> Callable:
     """What ONE device runs over its members: ``lax.map`` over groups of vmapped members.
 
     A group of one member runs the unbatched ``fn`` (plain matmuls); a group holding every
     member is a plain ``vmap``. The groups run one after another inside the same compiled
     program (no dispatch per member), each group's state staying in cache while it steps.
-    ``one(j, *args)``, when given, runs member ``j`` of the device's block itself (the
-    trainer uses it to read each step's batch in place instead of copying a member's data).
+    (The population trainer has its own program, :func:`_train_program`.)
     """
 
     def run(*args):
@@ -423,8 +512,6 @@ def _device_program(
             )
 
         def one_group(j):
-            if g == 1 and one is not None:
-                return one(j, *args)
             part = take(j)
             return fn(*part) if g == 1 else jax.vmap(fn, in_axes=axes)(*part)
 
@@ -461,7 +548,8 @@ def population_map(
     chunk_size: int | None = None,
     inner: str = "auto",
     inner_chunk: int | None = None,
-    _one_member: Callable | None = None,
+    _program: Callable[[int | None], Callable] | None = None,
+    _donate: tuple[int, ...] = (),
 ) -> Callable[..., Any]:
     """Runs a pure per-member function over a population, sharded over the devices.
 
@@ -502,8 +590,9 @@ def population_map(
         raise ValueError(f"inner must be one of {INNER_STRATEGIES}, got {inner!r}")
     compiled: dict[tuple, Callable] = {}
 
-    def call(*args):
-        axes = _axes(in_axes, len(args))
+    layouts: dict[tuple, tuple] = {}  # per argument signature: the call's layout
+
+    def plan_call(args, axes):
         size = _size_of(args, axes)
         the_mesh = None
         if backend == "vmap":
@@ -512,6 +601,11 @@ def population_map(
             devices = jax.local_device_count()
         else:
             the_mesh = _default_mesh() if mesh is None else mesh
+            if size < the_mesh.size and len(the_mesh.axis_names) == 1 \
+                    and jax.process_count() == 1:
+                # Fewer members than devices: the first `size` devices, no padded members
+                # (a padded member costs as much as a real one).
+                the_mesh = _sub_mesh(the_mesh, size)
             devices = the_mesh.size
         lay = _layout(size, chunk_size, devices)
         per_device = lay.chunk // devices
@@ -520,33 +614,52 @@ def population_map(
                        _tree_bytes(mapped) // size)
         # A plain vmap (GSPMD-partitioned under "sharding") when one group holds a device's
         # members; the per-device program otherwise (a lone member runs unbatched).
-        plain = per_device > 1 and (group is None or group >= per_device)
-        key = (axes, plain, group)
+        # (`_program(group)`, when given, is the caller's own per-device program.)
+        plain = _program is None and per_device > 1 and (group is None or group >= per_device)
+        return size, the_mesh, devices, lay, group, plain
+
+    def call(*args):
+        axes = _axes(in_axes, len(args))
+        sig = (axes, _signature(args))
+        if sig not in layouts:  # (keyed on the mesh too: `_default_mesh` is cached)
+            layouts[sig] = plan_call(args, axes)
+        size, the_mesh, devices, lay, group, plain = layouts[sig]
+        key = (axes, plain, group, devices)
         if key not in compiled:
             if plain:
                 prog = jax.vmap(fn, in_axes=axes, out_axes=out_axes)
+            elif _program is not None:
+                prog = _program(group)
             else:
-                prog = _device_program(fn, axes, out_axes, group, _one_member)
+                prog = _device_program(fn, axes, out_axes, group)
             if backend == "pmap":
-                compiled[key] = jax.pmap(prog, in_axes=axes, out_axes=out_axes)
+                compiled[key] = jax.pmap(prog, in_axes=axes, out_axes=out_axes,
+                                         donate_argnums=_donate)
             elif backend == "sharding" and not plain and devices > 1:
                 name = the_mesh.axis_names[0]
                 specs = tuple(PartitionSpec() if ax is None
                               else PartitionSpec(*([None] * ax), name) for ax in axes)
                 out_spec = PartitionSpec(*([None] * out_axes), name)
-                compiled[key] = jax.jit(_shard_map(prog, the_mesh, specs, out_spec))
+                compiled[key] = jax.jit(_shard_map(prog, the_mesh, specs, out_spec),
+                                        donate_argnums=_donate)
             elif backend == "sharding" and devices > 1:
                 # Pin the outputs' layout to the member axis (the inputs' layout) rather than
                 # leaving it to GSPMD, so the next call's inputs are already in place.
                 name = the_mesh.axis_names[0]
                 out_sharding = NamedSharding(the_mesh, PartitionSpec(*([None] * out_axes), name))
-                compiled[key] = jax.jit(prog, out_shardings=out_sharding)
+                compiled[key] = jax.jit(prog, out_shardings=out_sharding,
+                                        donate_argnums=_donate)
             else:
-                compiled[key] = jax.jit(prog)
+                compiled[key] = jax.jit(prog, donate_argnums=_donate)
         run = compiled[key]
         total = lay.chunk * lay.num_chunks
-        padded = tuple(
-            a if ax is None else pad_population(a, total, axis=ax)
+        lay_out = None  # where padded inputs go at once (one chunk on a mesh)
+        if backend == "sharding" and lay.num_chunks == 1:
+            lay_out = lambda ax: NamedSharding(  # noqa: E731
+                the_mesh, PartitionSpec(*([None] * ax), the_mesh.axis_names[0]))
+        padded = args if total == size else tuple(
+            a if ax is None or not jax.tree.leaves(a)
+            else _padder(total, ax, None if lay_out is None else lay_out(ax))(a)
             for a, ax in zip(args, axes, strict=True)
         )
         outs = []
@@ -573,10 +686,10 @@ def population_map(
         else:
             out = jax.tree.map(lambda *o: jnp.concatenate(o, axis=out_axes), *outs)
         if total != size:
-            if backend == "sharding" and _is_explicit(the_mesh):
-                # Explicit axes refuse a slice that no longer divides the mesh: replicate first.
-                out = jax.device_put(out, NamedSharding(the_mesh, PartitionSpec()))
-            out = jax.tree.map(lambda o: _keep_members(o, size, out_axes), out)
+            replicated = None
+            if backend == "sharding":
+                replicated = NamedSharding(the_mesh, PartitionSpec())
+            out = _unpadder(size, out_axes, replicated)(out)
         return out
 
     call.compiled = compiled  # the jitted/pmapped functions, keyed by layout (for tests)
@@ -608,6 +721,7 @@ def train_population(
     chunk_size: int | str | None = "auto",
     inner: str = "auto",
     inner_chunk: int | None = None,
+    donate: bool = False,
 ) -> tuple[PyTree, PyTree]:
     """Trains a population: ``lax.scan`` over time of ``step_fn``, for every member.
 
@@ -623,7 +737,10 @@ def train_population(
       inner: how a device runs its members (:func:`population_map`): ``"auto"`` is a plain
         vmap on accelerators and, on CPU, ``lax.map`` over cache-sized groups.
       inner_chunk: members per group for ``"map"``; default on CPU: from ONE member's
-        state bytes (:func:`cache_group_size`; 1 for LeNet-300-100 with Adam).
+        state bytes and the device's threads (:func:`cache_group_size`; 2 for
+        LeNet-300-100 with Adam on a 2-core CPU with a 32 MiB last-level cache).
+      donate: donate ``state`` to the call (its buffers become the output's: half the
+        state memory; ``state`` must not be used afterwards).
 
     Returns:
       ``(state, metrics)``; metrics are ``[P, T, ...]``.
@@ -636,57 +753,137 @@ def train_population(
     with_hp = hparams is not None
     axes = (0, None if shared_batches else 1) + ((0,) if with_hp else ())
     args = (state, batches) + ((hparams,) if with_hp else ())
-    if chunk_size == "auto":
-        chunk_size = _auto_chunk(step_fn, args, axes, shared_batches)
-    if inner_chunk is None and inner != "vmap":
-        # The cache holds the member's state; its batches stream through.
-        one = _tree_bytes(state) // population_size(state)
-        inner_chunk = 1 if inner == "map" else cache_group_size(one)
-    run = _trainer(step_fn, with_hp, axes, mesh, backend, chunk_size, inner, inner_chunk)
+    sig = _signature(args)
+    options = (step_fn, axes, sig, mesh, backend, chunk_size, inner, inner_chunk)
+    if options not in _TRAIN_LAYOUTS:  # sizes planned once per signature (Python overhead)
+        chunk = chunk_size
+        if chunk == "auto":
+            chunk = _auto_chunk(step_fn, args, axes, shared_batches, sig)
+        group = inner_chunk
+        if group is None and inner == "map":
+            group = 1
+        elif group is None and inner == "auto":
+            # The cache holds the member's state; its batches stream through (a group size
+            # from the batches' bytes would be far too small). Used on CPU only.
+            threads, budget = _cpu_threads_and_budget()
+            one = _tree_bytes(state) // population_size(state)
+            group = cache_group_size(one, threads=threads, budget=budget)
+        _TRAIN_LAYOUTS[options] = (chunk, group)
+    chunk, group = _TRAIN_LAYOUTS[options]
+    run = _trainer(step_fn, with_hp, axes, mesh, backend, chunk, inner, group, bool(donate))
     return run(*args)
 
 
+_TRAIN_LAYOUTS: dict[tuple, tuple] = {}
+
+
 @functools.lru_cache(maxsize=64)
-def _trainer(step_fn, with_hp, axes, mesh, backend, chunk_size, inner, inner_chunk):
+def _trainer(step_fn, with_hp, axes, mesh, backend, chunk_size, inner, inner_chunk, donate):
     # Cached so that calling train_population again reuses the compiled program.
     def member(s, b, hp=None):
         body = (lambda c, x: step_fn(c, x, hp)) if with_hp else step_fn
         return jax.lax.scan(body, s, b)
 
-    def one_member(j, s, b, hp=None):
-        # Member j of a device's block, reading step t's batch at [t, j] in place: slicing
-        # the member's whole [T, ...] data out first is a copy as large as its batches.
-        def index(a, i, ax):
-            return jax.lax.dynamic_index_in_dim(a, i, ax, keepdims=False)
-
-        s = jax.tree.map(lambda a: index(a, j, 0), s)
-        hp = None if hp is None else jax.tree.map(lambda a: index(a, j, 0), hp)
-        num_steps = jax.tree.leaves(b)[0].shape[0]
-
-        def body(c, t):
-            x = jax.tree.map(lambda a: index(a, t, 0), b)
-            if axes[1] is not None:
-                x = jax.tree.map(lambda a: index(a, j, 0), x)
-            return step_fn(c, x, hp) if with_hp else step_fn(c, x)
-
-        return jax.lax.scan(body, s, jnp.arange(num_steps))
+    def program(group):
+        return _train_program(step_fn, with_hp, shared=axes[1] is None, group=group)
 
     return population_map(member, in_axes=axes, mesh=mesh, backend=backend,
                           chunk_size=chunk_size, inner=inner, inner_chunk=inner_chunk,
-                          _one_member=one_member)
+                          _program=program, _donate=(0,) if donate else ())
+
+
+def _train_program(step_fn, with_hp: bool, *, shared: bool, group: int | None) -> Callable:
+    """What ONE device runs to train its block of members (state ``[n, ...]``).
+
+    Time-major batches ``[T, n, ...]`` (``[T, ...]`` when shared) are read in place, step
+    by step. ``group=None`` (or a group holding the block) is one ``lax.scan`` of the
+    vmapped step. Smaller groups run one after another in a ``fori_loop`` that carries the
+    block's state and writes each group's result back in place: a group's state stays in
+    cache for all its steps, and no stacked output buffer is zeroed and copied (what
+    ``lax.map`` costs). A group of one runs the unbatched step (plain matmuls).
+    """
+
+    def index(a, i, axis=0):
+        return jax.lax.dynamic_index_in_dim(a, i, axis, keepdims=False)
+
+    def take(tree, start, size):
+        if size == 1:
+            return jax.tree.map(lambda a: index(a, start), tree)
+        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, 0), tree)
+
+    def run_group(state_g, batches, hp_g, start, size):
+        """``size`` members from ``start``: state, metrics ``[T, size, ...]`` (unbatched if 1)."""
+        call = (lambda c, x, h: step_fn(c, x, h)) if with_hp else (lambda c, x, h: step_fn(c, x))
+        if size > 1:
+            call = jax.vmap(call, in_axes=(0, 0, 0 if with_hp else None))
+
+        def body(c, t):
+            x = jax.tree.map(lambda a: index(a, t), batches)
+            if not shared:
+                x = take(x, start, size)
+            elif size > 1:
+                # A shared batch broadcast to the group: batched matmuls over [g, B, ...]
+                # rather than x against the stacked weights, which XLA:CPU transposes
+                # (copies) every step.
+                x = jax.tree.map(lambda a: jnp.broadcast_to(a, (size,) + a.shape), x)
+            return call(c, x, hp_g)
+
+        steps = jax.tree.leaves(batches)[0].shape[0]
+        return jax.lax.scan(body, state_g, jnp.arange(steps))
+
+    def run(state, batches, hp=None):
+        n = population_size(state)
+        g = n if group is None else _largest_divisor(n, group)
+        if g == n:
+            if n == 1:  # unbatched
+                out = run_group(take(state, 0, 1), batches,
+                                None if hp is None else take(hp, 0, 1), 0, 1)
+                return jax.tree.map(lambda a: a[None], out)
+            out, metrics = run_group(state, batches, hp, 0, n)
+            return out, jax.tree.map(lambda m: jnp.moveaxis(m, 0, 1), metrics)
+
+        def shape_of_metrics():
+            one = take(state, 0, 1)
+            h = None if hp is None else take(hp, 0, 1)
+            x = jax.tree.map(lambda a: index(a, 0), batches)
+            if not shared:
+                x = take(x, 0, 1)
+            args = (one, x, h) if with_hp else (one, x)
+            return jax.eval_shape(step_fn, *args)[1]
+
+        steps = jax.tree.leaves(batches)[0].shape[0]
+        metrics0 = jax.tree.map(lambda m: jnp.zeros((n, steps) + m.shape, m.dtype),
+                                shape_of_metrics())
+
+        def one_group(j, carry):
+            state, metrics = carry
+            start = j * g
+            out, m = run_group(take(state, start, g), batches,
+                               None if hp is None else take(hp, start, g), start, g)
+            if g == 1:  # out and m ([T, ...]) are the one member's
+                write = lambda a, v: jax.lax.dynamic_update_index_in_dim(a, v, start, 0)  # noqa: E731
+            else:
+                write = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, start, 0)  # noqa: E731
+                m = jax.tree.map(lambda v: jnp.moveaxis(v, 0, 1), m)  # [g, T, ...]
+            return jax.tree.map(write, state, out), jax.tree.map(write, metrics, m)
+
+        return jax.lax.fori_loop(0, n // g, one_group, (state, metrics0))
+
+    return run
 
 
 _PLANS: dict[tuple, int] = {}
 
 
-def _auto_chunk(step_fn, args, axes, shared_batches) -> int:
+def _signature(args: Any) -> tuple:
+    """Tree structure, shapes and dtypes of ``args``: what a layout or plan depends on."""
+    leaves, treedef = jax.tree.flatten(args)
+    return treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
+
+
+def _auto_chunk(step_fn, args, axes, shared_batches, sig=None) -> int:
     state, batches = args[0], args[1]
-    signature = (
-        step_fn,
-        axes,
-        jax.tree.structure(args),
-        tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in jax.tree.leaves(args)),
-    )
+    signature = (step_fn, axes, _signature(args) if sig is None else sig)
     if signature not in _PLANS:
         # Plan on ONE step (a cheap compile) plus the member's share of the batches.
         step_axes = (0, None if shared_batches else 0) + axes[2:]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
+
+_COMPILED = re.compile(r"Finished XLA compilation of (?:jit\()?([^\s()]+)\)? in")
 
 
 def cache_size(jitted: Callable[..., Any]) -> int:
@@ -26,3 +31,43 @@ def assert_compiles_once(jitted: Callable[..., Any], *calls: tuple[tuple, dict])
     grown = cache_size(jitted) - before
     if grown != 1:
         raise AssertionError(f"expected exactly 1 compilation over {len(calls)} calls, got {grown}")
+
+
+class _Collect(logging.Handler):
+    def __init__(self, names: list[str]):
+        super().__init__(logging.DEBUG)
+        self.names = names
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _COMPILED.search(record.getMessage())
+        if match:
+            self.names.append(match.group(1))
+
+
+@contextlib.contextmanager
+def compilations() -> Iterator[list[str]]:
+    """Collects the name of every function XLA compiles inside the block.
+
+    Unlike :func:`cache_size` (entries of a jitted function's dispatch cache, which can
+    grow for the same executable when only the arguments' placement differs) this counts
+    real XLA compilations, of any function, e.g. inside a driver that builds its own.
+
+    >>> with compilations() as names:
+    ...     f = jax.jit(lambda x: x * 2, inline=False)
+    ...     _ = f(jnp.ones(2)), f(jnp.zeros(2))
+    >>> names.count("<lambda>")
+    1
+    """
+    import jax
+
+    names: list[str] = []
+    handler = _Collect(names)
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    before = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        yield names
+    finally:
+        jax.config.update("jax_log_compiles", before)
+        logger.removeHandler(handler)

@@ -110,3 +110,66 @@ def test_kill_mid_level_and_resume_reproduces_table(uninterrupted, tmp_path):
     driver.run(tiny_config(), out, show_progress=False)
     assert read(path_b, "levels.csv") == read(path_a, "levels.csv")
     assert read(path_b, "replicates.csv") == read(path_a, "replicates.csv")
+
+
+def test_replicates_8_run_as_one_sharded_population(uninterrupted, tmp_path, monkeypatch):
+    # `--replicates 8`: every training chunk is ONE compiled population program whose state
+    # is laid out over the 4 devices' population axis, compiled once; and each replicate
+    # trains exactly as it does in a population of 2 (its keys do not depend on the count).
+    import json
+
+    import jax
+
+    from jaxsparse import sweep, testing
+
+    calls = []
+    real = sweep.population_map
+
+    def spy(fn, **kw):
+        f = real(fn, **kw)
+
+        def g(*args):
+            out = f(*args)
+            calls.append((kw["in_axes"], out, f))
+            return out
+
+        return g
+
+    driver._compiled.cache_clear()
+    driver._compiled_eval.cache_clear()
+    monkeypatch.setattr(sweep, "population_map", spy)
+    config = common.apply_overrides(tiny_config(), ["replicates=8", "levels=0"])
+    with testing.compilations() as compiled:
+        driver.run(config, str(tmp_path), show_progress=False)
+    driver._compiled.cache_clear()
+    driver._compiled_eval.cache_clear()
+    chunks = [(out, f) for axes, out, f in calls if axes == (0, None, None)]
+    assert len(chunks) == 3  # 60 iterations, a chunk of 20 between evaluations
+    assert len(chunks[0][1].compiled) == 1  # the same population program every time ...
+    assert all(f is chunks[0][1] for _, f in chunks)
+    assert compiled.count("chunk") == 1 and compiled.count("eval_fn") == 1  # ... compiled once
+    for (state, _), _ in chunks:
+        leaf = jax.tree.leaves(state.params)[0]
+        assert leaf.shape[0] == 8 and leaf.sharding.spec[0] == sweep.POPULATION_AXIS
+        assert len(leaf.sharding.device_set) == jax.device_count() == 4
+
+    (path8,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    _, path2, _ = uninterrupted
+    res8, res2 = (json.loads(read(p, os.path.join("level_00", "ticket", "result.json")))
+                  for p in (path8, path2))
+    val8 = np.asarray(res8["history"]["val_loss"])  # [evaluations, replicates]
+    val2 = np.asarray(res2["history"]["val_loss"])
+    assert val8.shape == (4, 8) and val2.shape == (4, 2)
+    np.testing.assert_allclose(val8[:, :2], val2, rtol=1e-5)
+    assert len({round(v, 6) for v in val8[-1]}) == 8  # eight different replicates
+
+
+def test_cpu_devices_auto_avoids_padding(monkeypatch):
+    from jaxsparse import sweep
+
+    monkeypatch.setattr(sweep, "_cores", lambda: 4)
+    monkeypatch.setattr(sweep, "use_cpu_devices", lambda n: n)
+    # the most devices (<= 4 cores) that pad the population by at most 1/8
+    assert [common.cpu_devices("auto", r) for r in (1, 2, 3, 4, 5, 6, 8, 9, 12, 27)] == [
+        1, 2, 3, 4, 1, 3, 4, 3, 4, 4]
+    assert common.cpu_devices("2", 3) == 2  # an explicit count is taken as given

@@ -1,5 +1,7 @@
 """Populations: same per-member results as single runs, on every layout (4 faked CPU devices)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,16 +146,51 @@ def test_population_map_inner_map_generic(population):
     np.testing.assert_allclose(np.asarray(losses).T, np.asarray(ref[0]), rtol=2e-5, atol=2e-6)
 
 
-def test_auto_inner_strategy_on_cpu():
+def test_auto_inner_strategy_on_cpu(monkeypatch):
     assert jax.default_backend() == "cpu"
-    # LeNet-300-100 + Adam (~3.2 MB of state) -> one member at a time; a tiny model -> vmap.
-    assert sweep.cache_group_size(3_200_000) == 1
-    assert sweep.cache_group_size(100_000) == sweep.CPU_CACHE_BUDGET_BYTES * 3 // 400_000
+    # Working set 4/3 of the state; as many members as the budget holds ...
+    assert sweep.cache_group_size(3_200_000, budget=8 * 2**20) == 1
+    assert sweep.cache_group_size(100_000, budget=2**20) == 2**20 * 3 // 400_000 == 7
+    # ... rounded down to a multiple of the device's threads once it holds that many.
+    assert sweep.cache_group_size(3_200_000, threads=2, budget=24 * 2**20) == 4
+    assert sweep.cache_group_size(100_000, threads=4, budget=2**20) == 4
+    assert sweep.cache_group_size(3_200_000, threads=4, budget=8 * 2**20) == 1
+    # 4 faked CPU devices share the cores and the cache.
+    threads, budget = sweep._cpu_threads_and_budget()
+    assert budget == sweep.CPU_CACHE_BUDGET_BYTES // 4
+    assert threads == max(1, len(os.sched_getaffinity(0)) // 4)
+    assert sweep._group("auto", None, "cpu", 3_200_000) == sweep.cache_group_size(
+        3_200_000, threads=threads, budget=budget)
     assert sweep._group("auto", None, "gpu", 10**9) is None
-    assert sweep._group("auto", None, "cpu", 3_200_000) == 1
     assert sweep._group("map", None, "gpu", 10) == 1 and sweep._group("vmap", 3, "cpu", 1) is None
     with pytest.raises(ValueError, match="inner"):
         sweep.population_map(lambda a: a, inner="pmap")
+    monkeypatch.setenv("JAXSPARSE_CPU_CACHE_BYTES", "1234")
+    assert sweep._last_level_cache_bytes() == 1234
+
+
+def test_grouped_trainer_equals_single_runs(population, single_runs):
+    # Groups of 2 vmapped members, one after another in the per-device fori_loop, and the
+    # unbatched group of 1, on one device and sharded; every layout compiles once.
+    _, state, batches = population
+    for kw in (dict(backend="vmap", inner_chunk=2), dict(backend="vmap", inner_chunk=1),
+               dict(backend="sharding", inner_chunk=1)):
+        out = sweep.train_population(step, state, batches, chunk_size=None, inner="map", **kw)
+        assert_trees_close(out, single_runs)
+    one = sweep.train_population(step, state, batches, backend="vmap", chunk_size=None,
+                                 inner="map")
+    assert_trees_close(one, out, exact=True)  # same unbatched program sharded or not
+
+
+def test_donated_state_is_consumed_and_results_match(population, single_runs):
+    _, state, batches = population
+    # One device, and sharded over 4 (a state already laid out over the population axis).
+    for kw, mine in ((dict(backend="vmap"), jax.tree.map(jnp.copy, state)),
+                     (dict(), sweep.shard_population(jax.tree.map(jnp.copy, state)))):
+        out = sweep.train_population(step, mine, batches, chunk_size=None, donate=True, **kw)
+        assert_trees_close(out, single_runs)
+        assert all(leaf.is_deleted() for leaf in jax.tree.leaves(mine))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
 
 
 def test_sharded_output_is_laid_out_over_the_population_axis(layouts):
@@ -177,6 +214,19 @@ def test_population_of_6_on_4_devices(population, single_runs):
                                      chunk_size=None, inner=inner)
         assert out[1].shape == (6, STEPS)
         assert_trees_close(out, jax.tree.map(lambda a: a[:6], single_runs))
+
+
+def test_fewer_members_than_devices_use_a_sub_mesh(population, single_runs):
+    # 3 members on 4 devices: the first 3 devices, one member each, nothing padded.
+    _, state, (x, y) = population
+    three = jax.tree.map(lambda a: a[:3], state)
+    for mesh in (None, sweep.make_mesh(axis_type="explicit")):
+        out = sweep.train_population(step, three, (x[:, :3], y[:, :3]), chunk_size=None,
+                                     mesh=mesh)
+        assert_trees_close(out, jax.tree.map(lambda a: a[:3], single_runs))
+        leaf = out[0][0]["h"]["w"]
+        assert leaf.shape[0] == 3 and len(leaf.sharding.device_set) == 3
+        assert leaf.sharding.spec[0] == sweep.POPULATION_AXIS
 
 
 def test_chunks_compile_once(population):
@@ -276,3 +326,25 @@ def test_save_load_and_resumable(tmp_path, population):
     again, loaded2 = sweep.resumable(tmp_path / "c.npz", work, like)
     assert (loaded, loaded2, len(calls)) == (False, True, 1)
     np.testing.assert_array_equal(again["x"], np.arange(3))
+
+
+def test_use_cpu_devices_in_a_fresh_process():
+    # Before any JAX operation it sets the count; an explicit XLA_FLAGS count wins; after
+    # the backend started it is too late and it reports what there is.
+    import subprocess
+    import sys
+
+    code = (
+        "import jax\nfrom jaxsparse import sweep\n"
+        "n = sweep.use_cpu_devices(3)\n"
+        "print(n, jax.device_count(), sweep.use_cpu_devices(2), jax.device_count())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, check=True,  # noqa: E731
+                                   capture_output=True, text=True).stdout.split()
+    assert run(env) == ["3", "3", "3", "3"]
+    flags = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=5")
+    assert run(flags) == ["5", "5", "5", "5"]
+    with pytest.raises(ValueError, match="count >= 1"):
+        sweep.use_cpu_devices(0)
