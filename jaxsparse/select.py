@@ -124,17 +124,29 @@ def _num_pruned(fraction: jax.Array, n: jax.Array) -> jax.Array:
 _num_pruned_jit = jax.jit(_num_pruned)
 
 
-def num_pruned(fraction: float, n: int) -> int:
+def num_pruned(fraction: float | jax.Array, n: int | jax.Array) -> int | jax.Array:
     """How many of ``n`` entries removing ``fraction`` of them prunes (the rounding rule).
 
     ``fraction`` is rounded to 7 decimals, ``d = round(fraction * 10**7)`` (from its float32
     value; halves up), then ``round(d * n / 10**7)`` with halves rounded up (prune more),
     in exact integer arithmetic. Every jaxsparse function that turns a fraction into a count
-    uses this rule, with Python and traced fractions alike.
+    uses this rule, with Python and traced fractions alike: given Python numbers it checks
+    them and returns an ``int``; given traced values (inside ``jit`` / ``vmap``, e.g. one
+    sparsity per population member) or jax arrays it returns an ``int32`` array (traced
+    values cannot be checked: keep ``fraction`` in [0, 1] and ``n < 2**31``).
 
     >>> num_pruned(0.9, 10), num_pruned(0.5, 3), num_pruned(0.2, 7), num_pruned(0.9, 25_000_000)
     (9, 2, 1, 22500000)
+    >>> jax.jit(jax.vmap(num_pruned, in_axes=(0, None)))(jnp.array([0.9, 0.5]), 3).tolist()
+    [3, 2]
     """
+    if isinstance(fraction, jax.Array) or isinstance(n, jax.Array):
+        for name, v, lo, hi in (("fraction", fraction, 0.0, 1.0), ("n", n, 0, 2**31 - 1)):
+            if not isinstance(v, jax.core.Tracer):  # concrete: check it
+                a = np.asarray(v)
+                if a.size and not (np.all(a >= lo) and np.all(a <= hi)):
+                    raise ValueError(f"{name} must be in [{lo}, {hi}], got {a}")
+        return _num_pruned(jnp.asarray(fraction, jnp.float32), jnp.asarray(n, jnp.int32))
     f = float(fraction)
     if not 0.0 <= f <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")

@@ -125,7 +125,7 @@ def num_kept(density: float | jax.Array, n: int) -> jax.Array | int:
         with jax.ensure_compile_time_eval():
             return int(n) - select.num_pruned(1.0 - density, n)
     d = jnp.clip(jnp.asarray(density, jnp.float32), 0.0, 1.0)
-    pruned = select._num_pruned(1.0 - d, jnp.asarray(n, jnp.int32))  # noqa: SLF001
+    pruned = select.num_pruned(1.0 - d, jnp.asarray(n, jnp.int32))
     return (n - pruned).astype(jnp.int32)
 
 

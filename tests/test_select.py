@@ -75,7 +75,19 @@ def test_num_pruned_examples():
         select.num_pruned(1.5, 3)
 
 
-_jit_num_pruned = jax.jit(jax.vmap(select._num_pruned))
+_jit_num_pruned = jax.jit(jax.vmap(select.num_pruned))  # the public function, traced
+
+
+def test_num_pruned_on_arrays_equals_python_and_checks_concrete_values():
+    fs, ns = [0.9, 0.5, 0.2, 0.0, 1.0], [10, 3, 7, 5, 7]
+    want = [select.num_pruned(f, n) for f, n in zip(fs, ns, strict=True)]
+    eager = select.num_pruned(jnp.asarray(fs, jnp.float32), jnp.asarray(ns, jnp.int32))
+    assert eager.dtype == jnp.int32 and eager.tolist() == want
+    assert _jit_num_pruned(jnp.asarray(fs), jnp.asarray(ns)).tolist() == want
+    with pytest.raises(ValueError, match="fraction"):
+        select.num_pruned(jnp.asarray([0.5, 1.5]), 3)
+    with pytest.raises(ValueError, match="n must"):
+        select.num_pruned(0.5, jnp.asarray(-1))
 
 
 @settings(max_examples=50, deadline=None)
