@@ -113,8 +113,10 @@ def cpu_devices(flag: str, members: int) -> int:
         members = max(1, members)
         count = max(d for d in range(1, min(cores, members) + 1)
                     if (-(-members // d) * d - members) * 8 <= members)
-    else:
+    elif str(flag).isdigit() and int(flag) >= 1:
         count = int(flag)
+    else:
+        raise ValueError(f"--cpu-devices must be 'auto' or a positive integer, got {flag!r}")
     return sweep.use_cpu_devices(count)
 
 
@@ -154,19 +156,32 @@ def write_csv(path: str, history: dict[str, list]) -> None:
 
 def plot_curves(path: str, history: dict[str, list], *, title: str = "",
                 early_stop: int | None = None) -> None:
-    """Loss and accuracy against iteration (train / val / test), PNG via matplotlib Agg."""
+    """Loss and accuracy against iteration (train / val / test), PNG via matplotlib Agg.
+
+    A metric recorded per replicate (one list of per-replicate values per evaluation) is
+    drawn as the mean over replicates with a ± std band.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     steps = history["step"]
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split in ("train", "val", "test"):
             key = f"{split}_{metric}"
-            if key in history:
-                ax.plot(steps, history[key], label=split)
+            if key not in history:
+                continue
+            values = np.asarray(history[key], np.float64)
+            if values.ndim == 1:
+                ax.plot(steps, values, label=split)
+                continue
+            mean, std = values.mean(axis=1), values.std(axis=1)  # [evaluations, replicates]
+            (line,) = ax.plot(steps, mean, label=f"{split} (mean)")
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2,
+                            lw=0, label=f"{split} ± std")
         if early_stop is not None:
             ax.axvline(early_stop, color="gray", ls="--", lw=0.8, label="early stop")
         ax.set_xlabel("iteration")

@@ -367,7 +367,7 @@ class Experiment:
                 frozen: bool = False):
         """Trains one (level, branch) population or loads its finished result."""
         from jaxsparse import masks as masks_lib
-        from jaxsparse import train
+        from jaxsparse import sweep, train
 
         cfg = self.config
         run = os.path.join(self.path, f"level_{level:02d}", name)
@@ -384,7 +384,7 @@ class Experiment:
                                           ckpt_dir=os.path.join(run, "ckpt"), hooks=hooks,
                                           tag=(level, name))
         if not os.path.exists(result_path):
-            reps = [masks_lib.report(_member(masks, r)) for r in range(cfg.replicates)]
+            reps = [masks_lib.report(sweep.take_member(masks, r)) for r in range(cfg.replicates)]
             result = {
                 "level": level, "branch": name,
                 "density": [rep.density for rep in reps],
@@ -433,12 +433,12 @@ class Experiment:
         return results
 
     def export(self, level: int, params, masks) -> None:
-        from jaxsparse import lottery
+        from jaxsparse import lottery, sweep
 
         path = os.path.join(self.path, f"level_{level:02d}", "ticket", "export")
         if os.path.exists(os.path.join(path, "density.json")):
             return
-        lottery.export_ticket(path, _member(params, 0), _member(masks, 0),
+        lottery.export_ticket(path, sweep.take_member(params, 0), sweep.take_member(masks, 0),
                               metadata={"level": level, "replicate": 0,
                                         "config": common.to_dict(self.config)})
 
@@ -450,11 +450,6 @@ class Experiment:
                   f"{np.mean(res['early_stop_test_accuracy']):.4f}, final "
                   f"{np.mean(res['final_test_accuracy']):.4f}", flush=True)
 
-
-def _member(tree, r: int):
-    import jax
-
-    return jax.tree.map(lambda x: x[r], tree)
 
 
 # ---------------------------------------------------------------------------------------

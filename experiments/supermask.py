@@ -97,6 +97,11 @@ def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
 
     With ``config.replicates > 1``: :func:`run_population` (the replicates as one population).
     """
+    path = common.run_dir(out, config)
+    if common.is_finished(path):
+        print(f"finished already: {os.path.join(path, 'results.json')}")
+        with open(os.path.join(path, "results.json")) as f:
+            return json.load(f)
     if int(config.get("replicates", 1)) > 1:
         return run_population(config, out, show_progress=show_progress)
     import jax
@@ -105,11 +110,6 @@ def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
     from jaxsparse import masks as masks_lib
     from jaxsparse import supermask, train
 
-    path = common.run_dir(out, config)
-    if common.is_finished(path):
-        print(f"finished already: {os.path.join(path, 'results.json')}")
-        with open(os.path.join(path, "results.json")) as f:
-            return json.load(f)
     dataset = load_dataset(config)
     fn = build_model(config, dataset)
     k_model, k_sm, k_data = jax.random.split(jax.random.key(config.seed), 3)
@@ -204,12 +204,6 @@ def _population_config(config: Any) -> Any:
     return cfg
 
 
-def _take(tree: Any, r: int) -> Any:
-    import jax
-
-    return jax.tree.map(lambda a: a[r], tree)
-
-
 def _mean_std(values) -> tuple[float, float]:
     v = np.asarray(values, np.float64)
     return float(v.mean()), float(v.std())
@@ -231,10 +225,6 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
 
     R = int(config.get("replicates", 1))
     path = common.run_dir(out, config)
-    if common.is_finished(path):
-        print(f"finished already: {os.path.join(path, 'results.json')}")
-        with open(os.path.join(path, "results.json")) as f:
-            return json.load(f)
     dataset = load_dataset(config)
     fn = build_model(config, dataset)
     sm = build_supermask(config, fn.apply_fn)
@@ -275,13 +265,13 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
          results["expected_mask_test_accuracy_std"]) = _mean_std(em)
     dense_params, masks = jax.jit(jax.vmap(sm.export))(state.params, state.model_state)
     dense_params, masks = jax.device_get((dense_params, masks))
-    results["density"] = [float(masks_lib.density(_take(masks, r))) for r in range(R)]
+    results["density"] = [float(masks_lib.density(sweep.take_member(masks, r))) for r in range(R)]
     results["density_mean"], results["density_std"] = _mean_std(results["density"])
-    masks0 = _take(masks, 0)
+    masks0 = sweep.take_member(masks, 0)
     results["density_report"] = masks_lib.report(masks0).as_dicts()  # replicate 0
     results["compact"] = supermask.compact_report(masks0)  # replicate 0
     results["history"] = h
-    _save_export(os.path.join(path, "export"), _take(dense_params, 0), masks0)
+    _save_export(os.path.join(path, "export"), sweep.take_member(dense_params, 0), masks0)
     rows = {"replicate": list(range(R)), "density": results["density"],
             **{f"final_{m}": final[m] for m in names},
             **{k: v for k, v in results["early_stop"].items() if k != "final_test_accuracy"}}
@@ -293,8 +283,8 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
         curves[f"{m}_mean"] = [_mean_std(v)[0] for v in h[m]]
         curves[f"{m}_std"] = [_mean_std(v)[1] for v in h[m]]
     common.write_csv(os.path.join(path, "metrics.csv"), curves)
-    plot_population_curves(os.path.join(path, "curves.png"), h,
-                           title=f"{config.name} ({R} replicates)")
+    common.plot_curves(os.path.join(path, "curves.png"), h,
+                       title=f"{config.name} ({R} replicates)")
     common.write_json(os.path.join(path, "timing.json"), {"seconds": seconds, "replicates": R})
     common.write_json(os.path.join(path, "results.json"), results)
     fm, fs = results["final_mean"]["test_accuracy"], results["final_std"]["test_accuracy"]
@@ -305,33 +295,6 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
     print(f"{msg}, mask density {results['density_mean']:.4f}, weights bitwise unchanged in "
           f"every replicate. Results: {os.path.join(path, 'results.json')}")
     return results
-
-
-def plot_population_curves(path: str, history: dict[str, list], *, title: str = "") -> None:
-    """Val / test loss and accuracy against iteration: mean over replicates, ± std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    steps = np.asarray(history["step"])
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for split in ("val", "test"):
-            v = np.asarray(history[f"{split}_{metric}"], np.float64)  # [evaluations, R]
-            mean, std = v.mean(axis=1), v.std(axis=1)
-            (line,) = ax.plot(steps, mean, label=f"{split} (mean)")
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2,
-                            lw=0, label=f"{split} ± std")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run_at_init(config: Any, out: str, *, show_progress: bool = True) -> dict:

@@ -19,6 +19,8 @@ import glob
 import os
 import time
 
+from experiments import common
+
 AXES = ("learning_rate", "sparsity", "seed")
 
 
@@ -114,12 +116,12 @@ def run_task(config, out: str, task_index: int, num_tasks: int) -> str:
     num_in = int(x_tr[0].size)
     member_init, segment, evaluate = _member_fns(config, num_in, ds.num_classes, x_tr, y_tr)
     hp = sweep.stack_configs(members, AXES)
-    common = dict(backend=config.backend, chunk_size=config.chunk_size or None)
-    state = sweep.population_map(member_init, **common)(hp)
+    layout = dict(backend=config.backend, chunk_size=config.chunk_size or None)
+    state = sweep.population_map(member_init, **layout)(hp)
     train = sweep.population_map(
-        functools.partial(segment, num_steps=config.eval_every), in_axes=(0, None, None), **common
+        functools.partial(segment, num_steps=config.eval_every), in_axes=(0, None, None), **layout
     )
-    ev = sweep.population_map(evaluate, in_axes=(0, None, None), **common)
+    ev = sweep.population_map(evaluate, in_axes=(0, None, None), **layout)
     like = jax.eval_shape(lambda s: s, state)
     history = {"step": [0], "accuracy": [jax.device_get(ev(state, x_te, y_te)["accuracy"])]}
     t0 = time.time()
@@ -156,8 +158,6 @@ def merge(out: str) -> None:
     print(text)
     with open(os.path.join(out, "table.txt"), "w") as f:
         f.write(text + "\n")
-    from experiments import common
-
     common.write_json(os.path.join(out, "table.json"), table)
     _plot(os.path.join(out, "accuracy.png"), table, sweep.read_results(dirs[:1])[0]["steps"])
 
@@ -183,12 +183,6 @@ def _plot(path: str, table, steps) -> None:
     plt.close(fig)
 
 
-def common_help() -> str:
-    from experiments import common
-
-    return common.CPU_DEVICES_HELP
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
@@ -197,10 +191,9 @@ def main(argv=None) -> None:
     parser.add_argument("--num-tasks", type=int, default=None)
     parser.add_argument("--merge-only", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
-    parser.add_argument("--cpu-devices", default="auto", help=common_help())
+    parser.add_argument("--cpu-devices", default="auto", help=common.CPU_DEVICES_HELP)
     args = parser.parse_args(argv)
 
-    from experiments import common
     from jaxsparse import sweep
 
     config = common.apply_overrides(common.load_config(args.config), args.set)

@@ -760,14 +760,11 @@ def train_population(
         if chunk == "auto":
             chunk = _auto_chunk(step_fn, args, axes, shared_batches, sig)
         group = inner_chunk
-        if group is None and inner == "map":
-            group = 1
-        elif group is None and inner == "auto":
-            # The cache holds the member's state; its batches stream through (a group size
-            # from the batches' bytes would be far too small). Used on CPU only.
-            threads, budget = _cpu_threads_and_budget()
-            one = _tree_bytes(state) // population_size(state)
-            group = cache_group_size(one, threads=threads, budget=budget)
+        if group is None and inner != "vmap":
+            # CPU groups from the member's STATE: it stays in cache while its batches stream
+            # through (a size from the batches' bytes would be far too small). On an
+            # accelerator population_map ignores it under "auto".
+            group = _group(inner, None, "cpu", _tree_bytes(state) // population_size(state))
         _TRAIN_LAYOUTS[options] = (chunk, group)
     chunk, group = _TRAIN_LAYOUTS[options]
     run = _trainer(step_fn, with_hp, axes, mesh, backend, chunk, inner, group, bool(donate))
