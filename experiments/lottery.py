@@ -35,8 +35,6 @@ checkpoint; the table is then bitwise the one of an uninterrupted run.
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import os
 import signal
 import sys
@@ -113,18 +111,16 @@ def learning_rate(config: Any):
         config.learning_rate, {m: float(config.get("lr_gamma", 0.1)) for m in milestones})
 
 
-def build_tx(config: Any, *, offset: int = 0, finetune: bool = False, freeze: bool = False):
+def build_tx(config: Any, *, offset: int = 0, finetune: bool = False):
     """The optimizer of a run that starts at iteration ``offset`` (schedule shifted to match).
 
     optax counts from 0 in a fresh optimizer state, so a run restarted at iteration k (late
     rewinding, learning-rate rewinding) reads the schedule at ``count + k``. ``finetune``:
-    constant at the schedule's final value. ``freeze``: wrapped in
-    ``jaxsparse.lottery.freeze_tx`` (mask-0 "frozen" branches).
+    constant at the schedule's final value.
     """
     import optax
 
     import jaxsparse
-    from jaxsparse import lottery
 
     sched = learning_rate(config)
     if finetune:
@@ -139,8 +135,7 @@ def build_tx(config: Any, *, offset: int = 0, finetune: bool = False, freeze: bo
         raise ValueError(f"unknown optimizer {config.optimizer!r} (adam | sgd)")
     if config.get("weight_decay", 0.0):
         tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
-    tx = jaxsparse.masked(tx)
-    return lottery.freeze_tx(tx) if freeze else tx
+    return jaxsparse.masked(tx)
 
 
 def make_plan(config: Any):
@@ -175,10 +170,6 @@ def parse_branch(name: str):
                      "action:<mask1>:<mask0>")
 
 
-# ---------------------------------------------------------------------------------------
-# Training a population (the one training loop of every level and branch).
-
-
 def _pause_for_tests(level: int, branch: str, step: int) -> None:
     # Fault injection for the kill/resume test: stop here (the checkpoint of `step` is on
     # disk) and wait to be SIGKILLed from outside.
@@ -190,266 +181,57 @@ def _pause_for_tests(level: int, branch: str, step: int) -> None:
             signal.pause()
 
 
-@functools.cache
-def _compiled(apply_fn, tx, batch_size: int, k: int, hooks: tuple, augment):
-    from jaxsparse import sweep, train
-
-    chunk = train.make_train_chunk(apply_fn, tx, batch_size=batch_size, num_steps=k,
-                                   hooks=hooks, augment=augment)
-    # The replicates are one population sharded over every device (one per core on a CPU,
-    # `--cpu-devices`); the data is shared by all members.
-    return sweep.population_map(chunk, in_axes=(0, None, None))
-
-
-@functools.cache
-def _compiled_eval(apply_fn):
-    from jaxsparse import sweep, train
-
-    return sweep.population_map(train.make_eval(apply_fn), in_axes=(0, 0, 0, None, None))
-
-
-def train_population(apply_fn, tx, state, dataset, config, *, ckpt_dir: str, hooks=(),
-                     tag=(0, "ticket")):
-    """Trains a stacked ``TrainState`` to ``config.num_steps``; checkpointed, resumable.
-
-    Returns ``(state, history)``; ``history[metric]`` is a list (one per evaluation) of
-    per-replicate lists. Evaluations at the start and every ``eval_every`` iterations.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from jaxsparse import checkpoint as ckpt_lib
-    from jaxsparse import data as data_lib
-
-    augment = data_lib.augmentation_for(dataset.name) if config.get("augment") else None
-    x_tr, y_tr = jnp.asarray(dataset.train.x), jnp.asarray(dataset.train.y)
-    evals = {s: (jnp.asarray(getattr(dataset, s).x), jnp.asarray(getattr(dataset, s).y))
-             for s in ("val", "test")}
-    eval_fn = _compiled_eval(apply_fn)
-    names = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
-    history: dict[str, list] = {"step": [], **{n: [] for n in names}}
-
-    def record(st):
-        history["step"].append(int(st.step[0]))
-        for split, (x, y) in evals.items():
-            out = jax.device_get(eval_fn(st.params, st.model_state, st.masks, x, y))
-            history[f"{split}_loss"].append([float(v) for v in out["loss"]])
-            history[f"{split}_accuracy"].append([float(v) for v in out["accuracy"]])
-
-    ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=config.get("keep_checkpoints", 2))
-    try:
-        latest = ckpt.latest_step()
-        if latest is not None:
-            state, meta = ckpt.restore(latest, target=state)
-            history = {k: list(v) for k, v in meta["history"].items()}
-        else:
-            record(state)
-        step = int(state.step[0])
-        while step < config.num_steps:
-            k = min(config.eval_every, config.num_steps - step)
-            chunk = _compiled(apply_fn, tx, config.batch_size, k, tuple(hooks), augment)
-            state, _ = chunk(state, x_tr, y_tr)
-            step += k
-            record(state)
-            if step % config.checkpoint_every == 0 or step == config.num_steps:
-                ckpt.save(step, state, metadata={"history": {k_: list(v) for k_, v in
-                                                             history.items()}})
-                if os.environ.get("JAXSPARSE_LOTTERY_PAUSE"):
-                    ckpt.wait()
-                    _pause_for_tests(tag[0], tag[1], step)
-    finally:
-        ckpt.close()
-    return state, history
-
-
-def summarise(history: dict[str, list]) -> dict[str, list]:
-    """Per replicate: early-stop iteration (min val loss, earliest) and accuracies there."""
-    val = np.asarray(history["val_loss"], np.float64)  # [evals, R]
-    i = np.argmin(val, axis=0)  # first minimum
-    r = np.arange(val.shape[1])
-    steps = np.asarray(history["step"])
-    test = np.asarray(history["test_accuracy"], np.float64)
-    return {
-        "early_stop_step": [int(s) for s in steps[i]],
-        "early_stop_test_accuracy": [float(v) for v in test[i, r]],
-        "early_stop_val_loss": [float(v) for v in val[i, r]],
-        "final_test_accuracy": [float(v) for v in test[-1]],
-    }
-
-
 # ---------------------------------------------------------------------------------------
-# The level loop.
+# The experiment: the library's IMP loop (jaxsparse.lottery.imp) with this run's directory.
 
 
-class Experiment:
-    """Holds what every level needs: data, model, population init, plan, keys, run dir."""
+def run_dir(config: Any, out: str) -> str:
+    name = common.to_dict(config).get("name", "lottery")
+    return os.path.join(out, f"{name}-{common.config_hash(config, HASH_EXCLUDE)}")
 
-    def __init__(self, config: Any, out: str, *, show_progress: bool = True):
-        import jax
 
-        from jaxsparse import masks as masks_lib
+def experiment(config: Any, path: str, dataset: Any, *, show_progress: bool = True) -> list:
+    """Runs (resumes, or skips the finished runs of) the config's IMP experiment in ``path``."""
+    import jax
 
-        self.config = config
-        self.show_progress = show_progress
-        name = common.to_dict(config).get("name", "lottery")
-        self.path = os.path.join(out, f"{name}-{common.config_hash(config, HASH_EXCLUDE)}")
-        os.makedirs(self.path, exist_ok=True)
-        common.write_json(os.path.join(self.path, "config.json"), common.to_dict(config))
-        self.dataset = load_dataset(config)
-        self.fn = build_model(config, self.dataset)
-        self.plan = make_plan(config)
-        self.branches = [parse_branch(b) for b in config.branches]
-        R = config.replicates
-        root = jax.random.key(config.seed)
-        self.init_keys = jax.random.split(jax.random.fold_in(root, 0), R)
-        self.data_keys = jax.random.split(jax.random.fold_in(root, 1), R)
-        self.prune_root = jax.random.fold_in(root, 2)
-        self.params0, self.model_state0 = jax.vmap(self.fn.init_fn)(self.init_keys)
-        rules = [tuple(r) for r in config.get("prunable", ()) or ()]
-        one = masks_lib.ones_like(self.fn.params, rules or None)
-        self.masks0 = masks_lib.stack([one] * R)
-        self.k = int(config.get("rewind_step", 0)) if config.rewind != "init" else 0
-        self._tx: dict = {}
-        self._steps: dict = {}
+    from jaxsparse import data as data_lib
+    from jaxsparse import lottery, sweep
 
-    def compiled_step(self, branch=None):
-        """The jitted, vmapped prune-and-rewind step (or a branch's start), built once."""
-        import jax
+    fn = build_model(config, dataset)
+    plan = make_plan(config)
 
-        from jaxsparse import lottery
+    def export(level, params, masks):
+        where = os.path.join(path, f"level_{level:02d}", "ticket", "export")
+        if config.get("export", True) and not os.path.exists(os.path.join(where,
+                                                                          "density.json")):
+            lottery.export_ticket(where, sweep.take_member(params, 0),
+                                  sweep.take_member(masks, 0),
+                                  metadata={"level": level, "replicate": 0,
+                                            "config": common.to_dict(config)})
 
-        if branch not in self._steps:
-            if branch is None:
-                f = functools.partial(lottery.prune_and_rewind, plan=self.plan)
-            else:
-                f = functools.partial(lottery.branch_start, branch=branch, plan=self.plan,
-                                      init_fn=self.init_fn_params)
-            self._steps[branch] = jax.jit(jax.vmap(f))
-        return self._steps[branch]
-
-    def level_keys(self, level: int, salt: int):
-        import jax
-
-        key = jax.random.fold_in(jax.random.fold_in(self.prune_root, level), salt)
-        return jax.random.split(key, self.config.replicates)
-
-    def init_fn_params(self, key):
-        return self.fn.init_fn(key)[0]
-
-    def tx(self, *, offset: int, finetune: bool, freeze: bool):
-        # One optimizer object per kind of run, so the compiled chunks are reused (the jit
-        # cache is keyed on the transformation's identity).
-        key = (offset, finetune, freeze)
-        if key not in self._tx:
-            self._tx[key] = build_tx(self.config, offset=offset, finetune=finetune,
-                                     freeze=freeze)
-        return self._tx[key]
-
-    def _state(self, params, model_state, masks, *, hooks, tx, step: int, frozen: bool):
-        import jax
-        import jax.numpy as jnp
-
-        from jaxsparse import lottery, train
-
-        def one(p, ms, m, key):
-            # Frozen mask-0: the forward pass sees every weight (all-ones training masks);
-            # freeze_tx keeps the pruned ones at their rewind-point value.
-            tm = jax.tree.map(lambda mm, pp: jnp.ones(pp.shape, bool), m, p) if frozen else m
-            st = train.init_state(p, tx, key=key, model_state=ms, masks=tm, hooks=hooks)
-            if frozen:
-                st = st._replace(opt_state=lottery.set_trainable(st.opt_state, m))
-            return st
-
-        state = jax.vmap(one)(params, model_state, masks, self.data_keys)
-        return state._replace(step=jnp.full_like(state.step, step))
-
-    def run_one(self, level: int, name: str, params, model_state, masks, *,
-                frozen: bool = False):
-        """Trains one (level, branch) population or loads its finished result."""
-        from jaxsparse import masks as masks_lib
-        from jaxsparse import sweep, train
-
-        cfg = self.config
-        run = os.path.join(self.path, f"level_{level:02d}", name)
-        os.makedirs(run, exist_ok=True)
-        hooks = (train.snapshot_at(self.k),) if level == 0 and cfg.rewind == "iteration" else ()
-        start = 0 if level == 0 else self.k
-        tx = self.tx(offset=start, finetune=level > 0 and cfg.rewind == "finetune",
-                     freeze=frozen)
-        state = self._state(params, model_state, masks, hooks=hooks, tx=tx, step=start,
-                            frozen=frozen)
-        result_path = os.path.join(run, "result.json")
-        t0 = time.perf_counter()
-        state, history = train_population(self.fn.apply_fn, tx, state, self.dataset, cfg,
-                                          ckpt_dir=os.path.join(run, "ckpt"), hooks=hooks,
-                                          tag=(level, name))
-        if not os.path.exists(result_path):
-            reps = [masks_lib.report(sweep.take_member(masks, r)) for r in range(cfg.replicates)]
-            result = {
-                "level": level, "branch": name,
-                "density": [rep.density for rep in reps],
-                "layers": {row.path: float(np.mean([rp.rows[i].density for rp in reps]))
-                           for i, row in enumerate(reps[0].rows)},
-                **summarise(history), "history": history,
-            }
-            common.write_json(result_path, result)
-            common.write_json(os.path.join(run, "timing.json"),
-                              {"seconds_this_launch": time.perf_counter() - t0})
-        with open(result_path) as f:
-            result = json.load(f)
-        return state, result
-
-    def run(self) -> list[dict]:
-        cfg = self.config
-        results = []
-        rewind_point = self.params0
-        params, masks, model_state = self.params0, self.masks0, self.model_state0
-        prev = None  # (trained params, masks, model state) of the previous level
-        for level in range(cfg.levels + 1):
-            if level > 0:
-                masks, params = self.compiled_step()(prev[0], rewind_point, prev[1],
-                                                     key=self.level_keys(level, 0),
-                                                     init_params=self.params0)
-                # Rewinding restarts the batch-norm statistics too; keeping the trained
-                # weights (lr rewinding, fine-tuning) keeps the trained statistics.
-                model_state = prev[2] if self.plan.weights == "trained" else self.model_state0
-            if cfg.get("export", True):
-                self.export(level, params, masks)
-            state, res = self.run_one(level, "ticket", params, model_state, masks)
-            self._print(res)
-            results.append(res)
-            if level == 0 and cfg.rewind == "iteration":
-                rewind_point = state.hook_state[0]
-            if level > 0 and (not cfg.branch_levels or level in cfg.branch_levels):
-                for b_i, branch in enumerate(self.branches):
-                    b_masks, b_params = self.compiled_step(branch)(
-                        masks, rewind_point, prev[0], prev[1],
-                        key=self.level_keys(level, 1 + b_i), init_params=self.params0)
-                    _, b_res = self.run_one(level, branch.name, b_params, self.model_state0,
-                                            b_masks, frozen=branch.mask0 == "frozen")
-                    self._print(b_res)
-                    results.append(b_res)
-            prev = (state.params, masks, state.model_state)
-        return results
-
-    def export(self, level: int, params, masks) -> None:
-        from jaxsparse import lottery, sweep
-
-        path = os.path.join(self.path, f"level_{level:02d}", "ticket", "export")
-        if os.path.exists(os.path.join(path, "density.json")):
-            return
-        lottery.export_ticket(path, sweep.take_member(params, 0), sweep.take_member(masks, 0),
-                              metadata={"level": level, "replicate": 0,
-                                        "config": common.to_dict(self.config)})
-
-    def _print(self, res: dict) -> None:
-        if self.show_progress:
+    def report(res: dict) -> None:
+        if show_progress:
             print(f"level {res['level']:2d} {res['branch']:>14s}: "
                   f"{100 * np.mean(res['density']):7.3f}% remaining, early stop "
                   f"{np.mean(res['early_stop_step']):7.0f}, test acc there "
                   f"{np.mean(res['early_stop_test_accuracy']):.4f}, final "
                   f"{np.mean(res['final_test_accuracy']):.4f}", flush=True)
 
+    pause = _pause_for_tests if os.environ.get("JAXSPARSE_LOTTERY_PAUSE") else None
+    rules = [tuple(r) for r in config.get("prunable", ()) or ()]
+    return lottery.imp(
+        fn.apply_fn, fn.init_fn, dataset, plan=plan, levels=int(config.levels),
+        tx=lambda start, finetune: build_tx(config, offset=start, finetune=finetune),
+        num_steps=int(config.num_steps), batch_size=int(config.batch_size),
+        eval_every=int(config.eval_every), key=jax.random.key(config.seed),
+        replicates=int(config.replicates), rewind_to=config.rewind,
+        rewind_step=int(config.get("rewind_step", 0) or 0),
+        branches=[parse_branch(b) for b in config.branches],
+        branch_levels=list(config.get("branch_levels", ()) or ()), rules=rules or None,
+        directory=path, checkpoint_every=int(config.checkpoint_every),
+        keep=int(config.get("keep_checkpoints", 2)),
+        augment=data_lib.augmentation_for(dataset.name) if config.get("augment") else None,
+        on_level=export, on_result=report, on_checkpoint=pause)
 
 
 # ---------------------------------------------------------------------------------------
@@ -523,20 +305,23 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> list[dict]:
     from experiments import plots
 
     t0 = time.perf_counter()
-    exp = Experiment(config, out, show_progress=show_progress)
-    print(f"{config.name}: {exp.dataset!r}, model {config.model}, {config.replicates} "
+    path = run_dir(config, out)
+    os.makedirs(path, exist_ok=True)
+    common.write_json(os.path.join(path, "config.json"), common.to_dict(config))
+    dataset = load_dataset(config)
+    print(f"{config.name}: {dataset!r}, model {config.model}, {config.replicates} "
           f"replicates, levels 0..{config.levels}, branches {list(config.branches)}; "
-          f"run dir {exp.path}", flush=True)
-    results = exp.run()
-    rows = write_tables(exp.path, results)
+          f"run dir {path}", flush=True)
+    results = experiment(config, path, dataset, show_progress=show_progress)
+    rows = write_tables(path, results)
     print(format_table(rows))
-    plots.accuracy_vs_density(os.path.join(exp.path, "accuracy.png"), results,
+    plots.accuracy_vs_density(os.path.join(path, "accuracy.png"), results,
                               title=config.name)
-    plots.early_stop_vs_density(os.path.join(exp.path, "early_stop.png"), results,
+    plots.early_stop_vs_density(os.path.join(path, "early_stop.png"), results,
                                 title=config.name)
     last = max(r["level"] for r in results)
-    print(f"wrote {exp.path}/levels.csv, replicates.csv, accuracy.png, early_stop.png; "
-          f"lowest-density ticket: {exp.path}/level_{last:02d}/ticket/export "
+    print(f"wrote {path}/levels.csv, replicates.csv, accuracy.png, early_stop.png; "
+          f"lowest-density ticket: {path}/level_{last:02d}/ticket/export "
           f"({time.perf_counter() - t0:.1f}s)")
     return rows
 

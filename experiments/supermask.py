@@ -189,21 +189,6 @@ def init_member(fn, sm, tx, keys):
     return train.init_state(sm_params, tx, key=keys[2], model_state=sm_state)
 
 
-def _population_config(config: Any) -> Any:
-    # `train_population` reads `checkpoint_every`; the supermask configs default it to
-    # `eval_every` (as the single-model path does). A copy: the run's config stays as given.
-    import copy
-
-    cfg = copy.deepcopy(config)
-    every = config.get("checkpoint_every", config.eval_every)
-    if hasattr(cfg, "unlocked"):
-        with cfg.unlocked():
-            cfg.checkpoint_every = every
-    else:
-        cfg["checkpoint_every"] = every
-    return cfg
-
-
 def _mean_std(values) -> tuple[float, float]:
     v = np.asarray(values, np.float64)
     return float(v.mean()), float(v.std())
@@ -219,9 +204,9 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
     """
     import jax
 
-    from experiments.lottery import build_model, load_dataset, summarise, train_population
+    from experiments.lottery import build_model, load_dataset
+    from jaxsparse import lottery, supermask, sweep, train
     from jaxsparse import masks as masks_lib
-    from jaxsparse import supermask, sweep, train
 
     R = int(config.get("replicates", 1))
     path = common.run_dir(out, config)
@@ -238,8 +223,11 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
               f"{R} replicates as one population over {jax.device_count()} "
               f"{jax.default_backend()} devices, run dir {path}", flush=True)
     t0 = time.perf_counter()
-    state, h = train_population(sm.apply, tx, state, dataset, _population_config(config),
-                                ckpt_dir=os.path.join(path, "ckpt"), tag=(0, config.method))
+    out = train.fit(sm.apply, tx, state, dataset, num_steps=config.num_steps,
+                    batch_size=config.batch_size, eval_every=config.eval_every,
+                    checkpoint_dir=os.path.join(path, "ckpt"),
+                    checkpoint_every=config.get("checkpoint_every", config.eval_every))
+    state, h = out.state, out.history
     seconds = time.perf_counter() - t0
     final_w = [np.asarray(a) for a in jax.tree.leaves(state.model_state["weights"])]
     changed = [r for r in range(R) if not all(
@@ -253,7 +241,7 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
                "final": final,
                "final_mean": {m: _mean_std(v)[0] for m, v in final.items()},
                "final_std": {m: _mean_std(v)[1] for m, v in final.items()},
-               "early_stop": summarise(h), "weights_unchanged": True}
+               "early_stop": lottery.summarise(h), "weights_unchanged": True}
     x_te, y_te = dataset.test
     if config.method == "learned":
         det = functools.partial(sm.apply, deterministic=True)

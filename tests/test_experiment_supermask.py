@@ -41,8 +41,6 @@ def edge_popup_4(tmp_path_factory):
     calls = []
     real = sweep.population_map
     out = str(tmp_path_factory.mktemp("ep4"))
-    lottery._compiled.cache_clear()
-    lottery._compiled_eval.cache_clear()
     with pytest.MonkeyPatch.context() as mp, testing.compilations() as compiled:
 
         def spy(fn, **kw):
@@ -58,8 +56,6 @@ def edge_popup_4(tmp_path_factory):
 
         mp.setattr(sweep, "population_map", spy)
         results = driver.run_training(tiny_config(EDGE_POPUP, 4), out, show_progress=False)
-    lottery._compiled.cache_clear()
-    lottery._compiled_eval.cache_clear()
     return results, run_dir(out), calls
 
 
@@ -67,7 +63,7 @@ def test_edge_popup_replicates_run_as_one_sharded_population(edge_popup_4):
     from jaxsparse import sweep
 
     results, path, calls = edge_popup_4
-    chunks = [(out, f, names) for axes, out, f, names in calls if axes == (0, None, None)]
+    chunks = [(out, f, names) for axes, out, f, names in calls if axes == (0, None, None, None)]
     assert len(chunks) == 2  # 40 iterations, a chunk of 20 between evaluations
     assert all(f is chunks[0][1] for _, f, _ in chunks) and len(chunks[0][1].compiled) == 1
     # One population program, compiled at the first chunk (named "chunk" when a device runs

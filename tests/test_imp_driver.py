@@ -71,7 +71,9 @@ def test_relaunch_skips_finished_levels(uninterrupted, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a finished level was retrained")
 
-    monkeypatch.setattr(driver, "_compiled", no_training)
+    from jaxsparse import train
+
+    monkeypatch.setattr(train.Trainer, "chunk", no_training)
     again = driver.run(tiny_config(), out, show_progress=False)
     assert again == rows
     assert read(path, "levels.csv") == before
@@ -135,15 +137,11 @@ def test_replicates_8_run_as_one_sharded_population(uninterrupted, tmp_path, mon
 
         return g
 
-    driver._compiled.cache_clear()
-    driver._compiled_eval.cache_clear()
     monkeypatch.setattr(sweep, "population_map", spy)
     config = common.apply_overrides(tiny_config(), ["replicates=8", "levels=0"])
     with testing.compilations() as compiled:
         driver.run(config, str(tmp_path), show_progress=False)
-    driver._compiled.cache_clear()
-    driver._compiled_eval.cache_clear()
-    chunks = [(out, f) for axes, out, f in calls if axes == (0, None, None)]
+    chunks = [(out, f) for axes, out, f in calls if axes == (0, None, None, None)]
     assert len(chunks) == 3  # 60 iterations, a chunk of 20 between evaluations
     assert len(chunks[0][1].compiled) == 1  # the same population program every time ...
     assert all(f is chunks[0][1] for _, f in chunks)
