@@ -18,6 +18,10 @@ mean something):
 * ``inner=vmap``   the same program with every member of a device in one vmap;
 * ``inner=map group=g``  groups of ``g`` vmapped members (g=1: unbatched) one after another;
 * ``shared batch`` the default trainer, every member seeing the same batch.
+* ``Trainer``      the one trainer, ``jaxsparse.train.Trainer``'s population chunk (every
+                   member gathers its own batches from one shared training set, on
+                   device) against the same chunk run member by member (``Trainer seq``):
+                   what ``train.fit`` on a stacked state costs against sequential fits.
 
 Prints a table (median model-steps/s, ratio to sequential, achieved GFLOP/s) and writes
 ``benchmarks/results/population[_cpuN].json``.
@@ -159,6 +163,37 @@ def bench(pop: int, steps: int, reps: int, groups: list[int]) -> dict:
     return out
 
 
+def bench_trainer(pop: int, steps: int, reps: int) -> dict:
+    """The one trainer: a population chunk vs the same chunk member by member."""
+    from jaxsparse import models, train
+
+    fn = models.functional(models.lenet300(key=jax.random.key(0), input_shape=(28, 28, 1)))
+    tr = train.Trainer(fn.apply_fn, TX, batch_size=BATCH)
+    keys = jax.random.split(jax.random.key(pop), pop)
+    states = [tr.init_state(fn.params, key=k) for k in keys]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
+    kx, ky = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (6000, 28, 28, 1))
+    y = jax.random.randint(ky, (6000,), 0, 10)
+    one, many = tr.chunk(steps), tr.chunk(steps, population=True)
+    clock = jnp.int32(0)
+    cases = {"Trainer seq": lambda: [one(s, x, y, clock) for s in states],
+             "Trainer": lambda: many(stacked, x, y, clock)}
+    for f in cases.values():
+        jax.block_until_ready(f())
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(reps):
+        for name in (list(cases) if _ % 2 == 0 else list(cases)[::-1]):
+            t0 = time.perf_counter()
+            jax.block_until_ready(cases[name]())
+            times[name].append(time.perf_counter() - t0)
+    base = float(np.median(times["Trainer seq"]))
+    return {name: {"model_steps_per_s": pop * steps / float(np.median(ts)),
+                   "ratio_vs_sequential": base / float(np.median(ts)),
+                   "gflops": pop * steps / float(np.median(ts)) * flops_per_step() / 1e9,
+                   "seconds": ts} for name, ts in times.items()}
+
+
 def main() -> None:
     args = ARGS
     pops = args.pops or ([1, 4, 16] if args.quick else [1, 4, 16, 64])
@@ -170,6 +205,7 @@ def main() -> None:
     print(f"{'P':>3}  {'method':<22} {'model-steps/s':>13} {'x seq':>6} {'GFLOP/s':>8}")
     for pop in pops:
         res = bench(pop, steps, reps, args.groups)
+        res.update(bench_trainer(pop, steps, reps))
         results[str(pop)] = res
         for name, r in res.items():
             print(f"{pop:>3}  {name:<22} {r['model_steps_per_s']:>13.1f} "

@@ -486,45 +486,91 @@ def _largest_divisor(n: int, at_most: int) -> int:
 
 
 def _device_program(fn: Callable, axes: tuple, out_axes: int, group: int | None) -> Callable:
-    """What ONE device runs over its members: ``lax.map`` over groups of vmapped members.
+    """What ONE device runs over its members: groups of vmapped members one after another.
 
     A group of one member runs the unbatched ``fn`` (plain matmuls); a group holding every
     member is a plain ``vmap``. The groups run one after another inside the same compiled
     program (no dispatch per member), each group's state staying in cache while it steps.
-    (The population trainer has its own program, :func:`_train_program`.)
+    When ``fn`` maps a state to a new state of the same shapes (its first output is shaped
+    like its first argument: a training chunk), the groups run in a ``fori_loop`` that carries
+    that state and writes each group's result back in place, reading the next group from the
+    carry — no second state buffer, no zero-filled stacked outputs (what ``lax.map`` costs);
+    otherwise ``lax.map`` over the groups.
     """
+
+    def index(a, i, ax):
+        return jax.lax.dynamic_index_in_dim(a, i, ax, False)
 
     def run(*args):
         n = _size_of(args, axes)
         g = n if group is None else _largest_divisor(n, group)
 
-        def take(j):
+        def take(j, source):
             if g == 1:
                 return tuple(
-                    a if ax is None else jax.tree.map(
-                        lambda x, ax=ax: jax.lax.dynamic_index_in_dim(x, j, ax, False), a)
-                    for a, ax in zip(args, axes, strict=True)
+                    a if ax is None else jax.tree.map(lambda x, ax=ax: index(x, j, ax), a)
+                    for a, ax in zip(source, axes, strict=True)
                 )
             return tuple(
                 a if ax is None else jax.tree.map(
                     lambda x, ax=ax: jax.lax.dynamic_slice_in_dim(x, j * g, g, ax), a)
-                for a, ax in zip(args, axes, strict=True)
+                for a, ax in zip(source, axes, strict=True)
             )
 
-        def one_group(j):
-            part = take(j)
+        def one_group(j, source=args):
+            part = take(j, source)
             return fn(*part) if g == 1 else jax.vmap(fn, in_axes=axes)(*part)
 
         if g == n and n > 1:
             return jax.vmap(fn, in_axes=axes, out_axes=out_axes)(*args)
         if n == 1:
             out = jax.tree.map(lambda o: o[None], one_group(0))
-        else:
-            out = jax.lax.map(one_group, jnp.arange(n // g))
-            out = jax.tree.map(lambda o: o.reshape((n,) + o.shape[1 if g == 1 else 2 :]), out)
+            return jax.tree.map(lambda o: jnp.moveaxis(o, 0, out_axes), out)
+        shapes = jax.eval_shape(lambda: one_group(0))
+        if _carries_state(shapes, args, axes, out_axes, g):
+            return _in_place_groups(one_group, shapes, args, n, g)
+        out = jax.lax.map(one_group, jnp.arange(n // g))
+        out = jax.tree.map(lambda o: o.reshape((n,) + o.shape[1 if g == 1 else 2 :]), out)
         return jax.tree.map(lambda o: jnp.moveaxis(o, 0, out_axes), out)
 
     return run
+
+
+def _carries_state(shapes, args, axes, out_axes, g) -> bool:
+    """Is the group's first output shaped like the group's first argument (a state)?"""
+    if out_axes != 0 or axes[0] != 0 or type(shapes) is not tuple or len(shapes) < 1:
+        return False
+    state = args[0]
+    if jax.tree.structure(shapes[0]) != jax.tree.structure(state):
+        return False
+    for s, a in zip(jax.tree.leaves(shapes[0]), jax.tree.leaves(state), strict=True):
+        want = a.shape[1:] if g == 1 else (g,) + a.shape[1:]
+        if s.shape != want or s.dtype != a.dtype:
+            return False
+    return True
+
+
+def _in_place_groups(one_group, shapes, args, n: int, g: int):
+    """``fori_loop`` over groups: the state is the carry, updated in place group by group."""
+
+    def write(buf, v, start):
+        if g == 1:
+            return jax.lax.dynamic_update_index_in_dim(buf, v, start, 0)
+        return jax.lax.dynamic_update_slice_in_dim(buf, v, start, 0)
+
+    rest0 = jax.tree.map(lambda s: jnp.zeros((n,) + s.shape[1 if g > 1 else 0:], s.dtype),
+                         shapes[1:])
+
+    def body(j, carry):
+        state, rest = carry
+        out = one_group(j, (state,) + args[1:])
+        start = j * g
+        state = jax.tree.map(lambda b, v: write(b, v, start), state, out[0])
+        rest = jax.tree.map(lambda b, v: write(b, v, start), rest, tuple(out[1:]))
+        return state, rest
+
+    state, rest = jax.lax.fori_loop(0, n // g, body, (args[0], rest0))
+    return (state, *rest)
 
 
 def _shard_map(f: Callable, mesh: Mesh, in_specs: tuple, out_specs: Any) -> Callable:

@@ -73,6 +73,10 @@ class TrainState(NamedTuple):
       key: base PRNG key of the run's data order and step randomness; never changes.
       hook_state: tuple with one state per hook, in the order the hooks were given.
       pruner_state: the state of the pruner (:mod:`jaxsparse.pruners`); ``()`` without one.
+      trainable: ``()`` (every kept entry trains) or a bool tree like the masks: entries
+        where it is False keep their value, whatever the optimizer (zero gradient and zero
+        update) — the pruned weights of a mask-0 "frozen" ticket, which stay in the forward
+        pass at their rewind-point value (masks all True, ``trainable`` = the ticket's masks).
     """
 
     params: PyTree
@@ -83,6 +87,7 @@ class TrainState(NamedTuple):
     key: jax.Array
     hook_state: tuple
     pruner_state: Any = ()
+    trainable: Any = ()
 
 
 class StepInfo(NamedTuple):
@@ -188,6 +193,7 @@ def init_state(
     masks: PyTree | None = None,
     hooks: Sequence[Hook] = (),
     pruner: Pruner | None = None,
+    trainable: PyTree | None = None,
 ) -> TrainState:
     """A fresh :class:`TrainState`: masked params, ``tx.init``, step 0, hook and pruner states.
 
@@ -202,11 +208,15 @@ def init_state(
       hooks: the same hooks later given to :func:`make_step` / :func:`fit`.
       pruner: the same pruner later given to :func:`make_step` / :func:`fit`
         (``pruner.init(params, masks)`` gives ``state.pruner_state``).
+      trainable: bool tree like the masks: entries that never move (see
+        :class:`TrainState`); default: all trainable.
     """
     if masks is None:
         masks = masks_lib.ones_like(params)
     if _concrete((params, masks)):
         masks_lib.validate(params, masks)  # clear errors naming the leaf; needs concrete values
+        if trainable is not None:
+            masks_lib.validate(params, trainable)
     params = masks_lib.apply_masks(params, masks)
     state = TrainState(
         params=params,
@@ -217,6 +227,7 @@ def init_state(
         key=key,
         hook_state=(),
         pruner_state=() if pruner is None else pruner.init(params, masks),
+        trainable=() if trainable is None else trainable,
     )
     return state._replace(hook_state=tuple(h.init(state) for h in hooks))
 
@@ -338,8 +349,13 @@ def make_step(
         upd_masks = masks
         if pruner is not None:
             masks, pstate, params, opt_state, upd_masks = prune(state, grads, clock)
-        updates, opt_state = _tx_update(tx, masks_lib.apply_masks(grads, upd_masks), opt_state,
-                                        params, upd_masks)
+        step_grads = masks_lib.apply_masks(grads, upd_masks)
+        frozen = not isinstance(state.trainable, tuple) or state.trainable != ()
+        if frozen:
+            step_grads = masks_lib.apply_masks(step_grads, state.trainable)
+        updates, opt_state = _tx_update(tx, step_grads, opt_state, params, upd_masks)
+        if frozen:  # whatever the optimizer does (weight decay, momentum), frozen entries stay
+            updates = masks_lib.apply_masks(updates, state.trainable)
         params = masks_lib.apply_masks(optax.apply_updates(params, updates), masks)
         new = state._replace(params=params, model_state=new_ms, opt_state=opt_state,
                              masks=masks, pruner_state=pstate, step=state.step + 1)

@@ -205,3 +205,27 @@ def test_mismatched_states_are_refused():
         train.make_step(FN.apply_fn, tx, pruner=lambda *a: a)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         train.Trainer(FN.apply_fn, tx, batch_size=0)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_cpu_groups_carry_the_state_in_place_and_equal_one_vmap(group):
+    # One device running 4 members in groups (what a CPU gets): the fori_loop that writes
+    # each group's new state back into the carried population equals one plain vmap.
+    from jaxsparse import sweep
+
+    tx = optax.adam(3e-3)
+    pruner = swap_pruner(at_step(2))
+    chunk = train.make_train_chunk(FN.apply_fn, tx, batch_size=30, num_steps=4, pruner=pruner)
+    keys = jax.random.split(jax.random.key(9), 4)
+    pop = jax.vmap(lambda k: train.init_state(FN.params, tx, key=k, masks=half_masks(),
+                                              pruner=pruner))(keys)
+    x, y = jnp.asarray(DATA.train.x), jnp.asarray(DATA.train.y)
+    args = (pop, x, y, jnp.int32(0))
+    ref = sweep.population_map(chunk, in_axes=(0, None, None, None), backend="vmap",
+                               inner="vmap")(*args)
+    grouped = sweep.population_map(chunk, in_axes=(0, None, None, None), backend="vmap",
+                                   inner="map", inner_chunk=group)
+    out = grouped(*args)
+    keyless = lambda o: (o[0]._replace(key=jax.random.key_data(o[0].key)), o[1])  # noqa: E731
+    for a, b in zip(jax.tree.leaves(keyless(ref)), jax.tree.leaves(keyless(out)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

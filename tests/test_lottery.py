@@ -264,19 +264,18 @@ def test_branches_share_one_function(init, ticket):
 # Frozen mask-0 training and export
 
 
-def test_freeze_tx_keeps_frozen_weights_constant(init, ticket):
+@pytest.mark.parametrize("tx", [optax.adam(1e-2), optax.adamw(1e-2, weight_decay=0.1)])
+def test_trainable_keeps_frozen_weights_constant(init, ticket, tx):
     from jaxsparse import train
 
     start = lottery.rewind(init, ticket, mask0="frozen")
-    tx = lottery.freeze_tx(optax.adam(1e-2))
     full = jax.tree.map(lambda p: jnp.ones(p.shape, bool), init)
 
     def apply_fn(params, ms, x, *, train, key):
         h = jnp.mean(x) * params["fc0"]["kernel"].sum(0) + params["fc0"]["bias"]
         return jnp.broadcast_to(h[:7] @ params["head"]["kernel"][:7], (x.shape[0], 7)), ms
 
-    state = train.init_state(start, tx, key=jax.random.key(0), masks=full)
-    state = state._replace(opt_state=lottery.set_trainable(state.opt_state, ticket))
+    state = train.init_state(start, tx, key=jax.random.key(0), masks=full, trainable=ticket)
     step = jax.jit(train.make_step(apply_fn, tx))
     x, y = jnp.ones((4, 2)), jnp.arange(4) % 7
     for _ in range(3):
