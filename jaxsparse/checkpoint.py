@@ -1,15 +1,24 @@
-"""A thin orbax wrapper: async save, restore into a template, newest step, keep-N.
+"""A thin orbax wrapper: async save, restore into a template, newest step, keep-N, integrity.
 
 A checkpoint is one step directory ``<dir>/<step>/`` written by an
 ``orbax.checkpoint.CheckpointManager``: the pytree's leaves (flattened in ``jax.tree_util``
 order, so NamedTuples, empty dicts/tuples and typed PRNG keys all round-trip) plus a JSON
-``metadata`` dict (e.g. the metrics history). Restoring needs a *target* of the same
-structure (e.g. the freshly initialised state), which gives the tree structure and dtypes.
+``meta`` item: the caller's ``metadata`` dict (e.g. the metrics history), and per leaf its
+path, shape, dtype and CRC-32. Restoring needs a *target* of the same structure (e.g. the
+freshly initialised state), which gives the tree structure and dtypes.
 
 Crash safety: orbax writes a step into a temporary directory and renames it when complete,
 so a kill leaves at most a ``*.orbax-checkpoint-tmp*`` directory, never a half step. Such stale
 temporaries are removed when a :class:`Checkpointer` opens the directory and are never taken
 for a step.
+
+Integrity: a step that cannot be read (truncated or deleted files, broken JSON, a directory
+orbax did not write) or whose bytes differ from what was saved (CRC-32 per leaf) raises a
+:class:`CheckpointError` naming the step directory and the file or leaf. Restoring the
+*newest* step falls back to the previous kept one with a ``UserWarning``, and moves the bad
+step aside to ``<step>.corrupt`` so that training can write that step again. A checkpoint of a
+*different* tree (another model or config) is a ``ValueError`` naming the first differing leaf,
+with no fall-back (every kept step would differ the same way).
 
 >>> import tempfile
 >>> tmp = tempfile.TemporaryDirectory()
@@ -30,6 +39,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
+import zlib
 from typing import Any
 
 import jax
@@ -38,11 +49,20 @@ import numpy as np
 PyTree = Any
 
 _TMP = re.compile(r"\.orbax-checkpoint-tmp")
+FORMAT = "jaxsparse.checkpoint/2"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or whose contents are not what was saved."""
 
 
 def _is_key(x: Any) -> bool:
     dtype = getattr(x, "dtype", None)
     return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _paths(tree: PyTree) -> list[str]:
+    return [jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _flatten(tree: PyTree) -> tuple[dict[str, Any], list[str]]:
@@ -51,27 +71,70 @@ def _flatten(tree: PyTree) -> tuple[dict[str, Any], list[str]]:
     for i, leaf in enumerate(leaves):
         # Typed PRNG keys are stored as their raw uint32 data.
         out[f"{i:05d}"] = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
-    paths = [jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    return out, paths
+    return out, _paths(tree)
+
+
+def _abstract(tree: PyTree) -> dict[str, jax.ShapeDtypeStruct]:
+    out = {}
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
+        if _is_key(leaf):
+            leaf = jax.eval_shape(jax.random.key_data, leaf)
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        out[f"{i:05d}"] = jax.ShapeDtypeStruct(np.shape(leaf), dtype)
+    return out
+
+
+def _crc(x: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(x).view(np.uint8).reshape(-1).data)
 
 
 def _unflatten(flat: dict[str, Any], target: PyTree) -> PyTree:
     leaves, treedef = jax.tree_util.tree_flatten(target)
-    if len(flat) != len(leaves):
-        raise ValueError(f"checkpoint holds {len(flat)} leaves but the target has {len(leaves)}")
     out = []
     for i, t in enumerate(leaves):
         v = flat[f"{i:05d}"]
         if _is_key(t):
             v = jax.random.wrap_key_data(np.asarray(v), impl=jax.random.key_impl(t))
         else:
-            t_shape = np.shape(t)
             t_dtype = t.dtype if hasattr(t, "dtype") else np.asarray(t).dtype
-            if np.shape(v) != t_shape:
-                raise ValueError(f"checkpoint leaf {i} has shape {np.shape(v)}, target {t_shape}")
             v = jax.numpy.asarray(v, dtype=t_dtype)
         out.append(v)
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _check_against_target(step_dir: str, meta: dict, target: PyTree) -> None:
+    """A ``ValueError`` naming the first leaf where the checkpoint's tree differs."""
+    saved_paths = meta["paths"]
+    abstract = _abstract(target)
+    t_paths = _paths(target)
+    if len(saved_paths) != len(t_paths):
+        only_c = [p for p in saved_paths if p not in set(t_paths)]
+        only_t = [p for p in t_paths if p not in set(saved_paths)]
+        raise ValueError(
+            f"checkpoint {step_dir} holds a different tree than the target: "
+            f"{len(saved_paths)} leaves vs {len(t_paths)} (only in the checkpoint: {only_c[:4]};"
+            f" only in the target: {only_t[:4]}); restore it with the target it was saved from")
+    leaves = meta.get("leaves")
+    for i, path in enumerate(t_paths):
+        want = abstract[f"{i:05d}"]
+        if leaves is None:
+            continue
+        # shapes must agree; dtypes may differ (the value is cast to the target's, as ever)
+        shape, dtype = tuple(leaves[i]["shape"]), leaves[i]["dtype"]
+        if shape != tuple(want.shape):
+            raise ValueError(
+                f"checkpoint {step_dir} holds a different tree than the target: leaf {i} "
+                f"{saved_paths[i]!r} is {dtype}{list(shape)} in the checkpoint, "
+                f"{np.dtype(want.dtype)}{list(want.shape)} in the target ({path!r})")
+
+
+def _saved_abstract(meta: dict, target: PyTree) -> dict[str, jax.ShapeDtypeStruct]:
+    """What was written (shape and dtype per leaf), so the CRC sees the bytes saved."""
+    leaves = meta.get("leaves")
+    if leaves is None:  # written before per-leaf records: read as the target
+        return _abstract(target)
+    return {f"{i:05d}": jax.ShapeDtypeStruct(tuple(x["shape"]), jax.numpy.dtype(x["dtype"]))
+            for i, x in enumerate(leaves)}
 
 
 def remove_stale_tmp(directory: str) -> list[str]:
@@ -84,6 +147,12 @@ def remove_stale_tmp(directory: str) -> list[str]:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
             removed.append(name)
     return removed
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = (text[0] if text else "").split(" [tensorstore_spec=")[0]  # drop the JSON spec dump
+    return line if len(line) <= 300 else line[:300] + "..."
 
 
 class Checkpointer:
@@ -100,6 +169,8 @@ class Checkpointer:
 
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise NotADirectoryError(f"checkpoint directory {self.directory} is a file")
         os.makedirs(self.directory, exist_ok=True)
         self.removed_tmp = remove_stale_tmp(self.directory)
         options = ocp.CheckpointManagerOptions(
@@ -121,7 +192,9 @@ class Checkpointer:
     def save(self, step: int, tree: PyTree, *, metadata: dict | None = None) -> None:
         """Starts saving ``tree`` (and JSON-able ``metadata``) as checkpoint ``step``."""
         flat, paths = _flatten(tree)
-        meta = {"metadata": metadata or {}, "paths": paths}
+        leaves = [{"shape": list(v.shape), "dtype": str(v.dtype), "crc32": _crc(v)}
+                  for v in flat.values()]
+        meta = {"format": FORMAT, "metadata": metadata or {}, "paths": paths, "leaves": leaves}
         self._mngr.save(
             int(step),
             args=self._ocp.args.Composite(
@@ -129,22 +202,92 @@ class Checkpointer:
             ),
         )
 
+    def step_dir(self, step: int) -> str:
+        """The directory of checkpoint ``step``."""
+        return os.path.join(self.directory, str(int(step)))
+
     def restore(self, step: int | None = None, *, target: PyTree) -> tuple[PyTree, dict]:
-        """``(tree, metadata)`` of checkpoint ``step`` (default newest), shaped like ``target``."""
+        """``(tree, metadata)`` of checkpoint ``step`` (default newest), shaped like ``target``.
+
+        Restoring the newest step (``step=None`` or the newest step number) falls back to the
+        previous kept step when it is corrupt: a ``UserWarning`` names the bad step directory
+        and why, and that directory is moved aside to ``<step>.corrupt``. An older step given
+        explicitly is restored or raises.
+
+        Raises:
+          FileNotFoundError: no checkpoint (names the directory), or ``step`` is not one.
+          CheckpointError: the step (or, when falling back, every kept step) is corrupt,
+            truncated or not a jaxsparse checkpoint; names the directory and the file or leaf.
+          ValueError: the checkpoint holds a different tree than ``target`` (names the leaf).
+        """
         self._mngr.wait_until_finished()
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        flat_t, _ = _flatten(target)
-        abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_t.items()}
-        out = self._mngr.restore(
-            int(step),
-            args=self._ocp.args.Composite(
-                tree=self._ocp.args.StandardRestore(abstract), meta=self._ocp.args.JsonRestore()
-            ),
-        )
-        return _unflatten(dict(out["tree"]), target), dict(out["meta"]["metadata"])
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if step is not None and int(step) not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint {step} in {self.directory} (it has steps {steps})")
+        if step is not None and int(step) != steps[-1]:
+            return self._read(int(step), target)
+        errors = []
+        for s in reversed(steps):
+            try:
+                out = self._read(s, target)
+            except CheckpointError as e:
+                errors.append(str(e))
+                moved = self._quarantine(s)
+                older = [t for t in steps if t < s]
+                nxt = f"falling back to step {older[-1]}" if older else "no older step is kept"
+                warnings.warn(f"{e}; moved it to {moved}; {nxt}", UserWarning, stacklevel=2)
+                continue
+            return out
+        raise CheckpointError(
+            f"every kept checkpoint in {self.directory} is unreadable: " + " | ".join(errors))
+
+    def _read(self, step: int, target: PyTree) -> tuple[PyTree, dict]:
+        ocp = self._ocp
+        step_dir = self.step_dir(step)
+        try:
+            raw = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = dict(raw["meta"])
+        except Exception as e:  # noqa: BLE001 - whatever orbax raised, name the file
+            raise CheckpointError(
+                f"checkpoint {step_dir} is corrupt, truncated or not a jaxsparse checkpoint: "
+                f"cannot read {os.path.join(step_dir, 'meta', 'metadata')} "
+                f"({type(e).__name__}: {_first_line(e)})") from None
+        if not isinstance(meta.get("paths"), list) or "metadata" not in meta:
+            raise CheckpointError(
+                f"checkpoint {step_dir} is not a jaxsparse checkpoint: "
+                f"{os.path.join(step_dir, 'meta', 'metadata')} has keys {sorted(meta)}, not "
+                "'paths' and 'metadata'")
+        _check_against_target(step_dir, meta, target)
+        try:
+            out = self._mngr.restore(step, args=ocp.args.Composite(
+                tree=ocp.args.StandardRestore(_saved_abstract(meta, target))))
+            flat = {k: np.asarray(v) for k, v in dict(out["tree"]).items()}
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"checkpoint {step_dir} is corrupt or truncated: cannot read the arrays in "
+                f"{os.path.join(step_dir, 'tree')} ({type(e).__name__}: {_first_line(e)})"
+            ) from None
+        for i, info in enumerate(meta.get("leaves") or []):
+            v = flat[f"{i:05d}"]
+            if _crc(v) != info["crc32"]:
+                raise CheckpointError(
+                    f"checkpoint {step_dir} is corrupt: leaf {i} {meta['paths'][i]!r} in "
+                    f"{os.path.join(step_dir, 'tree')} does not match the CRC-32 recorded when it "
+                    "was saved")
+        return _unflatten(flat, target), dict(meta["metadata"])
+
+    def _quarantine(self, step: int) -> str:
+        src = self.step_dir(step)
+        dst, i = f"{src}.corrupt", 1
+        while os.path.exists(dst):
+            dst, i = f"{src}.corrupt{i}", i + 1
+        if jax.process_index() == 0:
+            os.replace(src, dst)
+        self._mngr.reload()
+        return dst
 
     def wait(self) -> None:
         """Blocks until pending async saves are on disk."""

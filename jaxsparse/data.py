@@ -24,6 +24,11 @@ Sources, tried in this order by :func:`load` (nothing is ever downloaded):
    ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``, read with
    ``tfds.builder_from_directory(...).as_data_source()`` — no TensorFlow needed to read.
 
+Every dataset is validated when it is made (:func:`validate`: shapes, dtypes, labels in
+``[0, num_classes)``, no empty train / test split, no NaN pixels), and raw files are checked as
+they are read (uint8-like pixels 0..255, integer labels); every message names the split, the
+file and the offending value.
+
 >>> ds = digits()
 >>> ds.train.x.shape, ds.train.y.dtype, ds.num_classes
 ((1197, 8, 8, 1), dtype('int32'), 10)
@@ -74,6 +79,9 @@ class Dataset:
       mean, std: per-channel constants the images were normalised with
         (``x = (pixel / 255 - mean) / std``).
       source: where the data came from (a path, ``"tfds:<dir>"``, ``"sklearn"``, ...).
+
+    Every ``Dataset`` is checked when it is made (:func:`validate`): a malformed one never
+    reaches training.
     """
 
     name: str
@@ -85,6 +93,9 @@ class Dataset:
     std: tuple[float, ...] = (1.0,)
     source: str = ""
 
+    def __post_init__(self) -> None:
+        validate(self)
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         """One example's shape ``(H, W, C)``."""
@@ -94,6 +105,77 @@ class Dataset:
         sizes = "/".join(str(len(s.y)) for s in (self.train, self.val, self.test))
         return (f"Dataset({self.name!r}, train/val/test={sizes}, input_shape={self.input_shape},"
                 f" num_classes={self.num_classes}, source={self.source!r})")
+
+
+def _where(ds: Dataset, split: str) -> str:
+    src = f" from {ds.source}" if ds.source else ""
+    return f"dataset {ds.name!r}{src}, split {split!r}"
+
+
+def validate(ds: Dataset) -> None:
+    """Raises a ``ValueError`` / ``TypeError`` unless ``ds`` is a well-formed dataset.
+
+    Checks, per split: ``x`` a floating ``[n, H, W, C]`` array of finite values (no NaN / inf),
+    ``y`` a 1-D integer array of the same length with every label in ``[0, num_classes)``; a
+    non-empty train and test split (val may be empty); one example shape across splits; an
+    int ``num_classes >= 1``. Messages name the dataset, its source (the file or directory it
+    was read from), the split and the offending value or index. :class:`Dataset` runs it on
+    construction.
+
+    >>> x = np.zeros((2, 4, 4, 1), np.float32)
+    >>> Dataset("mine", Split(x, np.array([0, 3])), Split(x[:0], np.zeros(0, np.int32)),
+    ...         Split(x, np.array([0, 1])), num_classes=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: dataset 'mine', split 'train': label 3 at index 1 is outside [0, 3) \
+(num_classes=3)
+    """
+    if isinstance(ds.num_classes, bool) or not isinstance(ds.num_classes, int | np.integer) \
+            or ds.num_classes < 1:
+        raise ValueError(f"dataset {ds.name!r}: num_classes must be an int >= 1, got "
+                         f"{ds.num_classes!r}")
+    shapes = {}
+    for split in ("train", "val", "test"):
+        s = getattr(ds, split)
+        where = _where(ds, split)
+        if not (isinstance(s, tuple) and len(s) == 2):
+            raise TypeError(f"{where}: must be a Split(x, y), got {type(s).__name__}")
+        x, y = s
+        if not hasattr(x, "shape") or not hasattr(y, "shape"):
+            raise TypeError(f"{where}: x and y must be arrays, got {type(x).__name__} and "
+                            f"{type(y).__name__}")
+        if np.ndim(x) != 4:
+            raise ValueError(f"{where}: x has shape {tuple(np.shape(x))}; images must be "
+                             "[n, H, W, C] (add a channel axis: x[..., None])")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"{where}: x has dtype {x.dtype}; images must be floating point "
+                            "(e.g. data.normalise(uint8_images, mean, std))")
+        if np.ndim(y) != 1:
+            raise ValueError(f"{where}: y has shape {tuple(np.shape(y))}; labels must be 1-D")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"{where}: y has dtype {y.dtype}; labels must be integers")
+        if len(x) != len(y):
+            raise ValueError(f"{where}: {len(x)} images but {len(y)} labels")
+        if len(y) == 0:
+            if split != "val":
+                raise ValueError(f"{where}: the split is empty")
+            continue
+        yn = np.asarray(y)
+        bad = np.flatnonzero((yn < 0) | (yn >= ds.num_classes))
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"{where}: label {int(yn[i])} at index {i} is outside "
+                             f"[0, {ds.num_classes}) (num_classes={ds.num_classes})"
+                             + (f"; {len(bad)} such labels" if len(bad) > 1 else ""))
+        finite = np.isfinite(np.asarray(x))
+        if not finite.all():
+            n_bad = int(x.size - finite.sum())
+            i = int(np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))[0])
+            raise ValueError(f"{where}: {n_bad} pixel value(s) are NaN or inf (first in image "
+                             f"{i})")
+        shapes[split] = tuple(x.shape[1:])
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"dataset {ds.name!r}: splits have different example shapes {shapes}")
 
 
 def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float],
@@ -112,14 +194,40 @@ def _split_val(name: str, x: np.ndarray, y: np.ndarray, val_size: int) -> tuple[
     return Split(x[:n], y[:n]), Split(x[n:], y[n:])
 
 
+def _check_raw(name: str, raw: dict[str, np.ndarray], source: str,
+               files: dict[str, str] | None) -> None:
+    """Pixels and labels as read from files: uint8-like images 0..255, integer labels."""
+    for k in ("x_train", "y_train", "x_test", "y_test"):
+        where = f"{name}: {k} in {(files or {}).get(k, source)}"
+        a = np.asarray(raw[k])
+        if a.dtype == object:
+            raise TypeError(f"{where} is an object array; expected numbers")
+        if len(a) == 0:
+            raise ValueError(f"{where} is empty")
+        if k.startswith("x"):
+            if not np.issubdtype(a.dtype, np.integer):
+                raise TypeError(f"{where} has dtype {a.dtype}; raw images must be integer pixels "
+                                "0..255 (uint8), which are scaled by 1/255 here")
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi > 255:
+                raise ValueError(f"{where} has pixel values in [{lo}, {hi}]; expected 0..255")
+        else:
+            if a.ndim != 1:
+                raise ValueError(f"{where} has shape {a.shape}; labels must be 1-D")
+            if not np.issubdtype(a.dtype, np.integer):
+                raise TypeError(f"{where} has dtype {a.dtype}; labels must be integers")
+
+
 def _finish(name: str, raw: dict[str, np.ndarray], val_size: int | None, normalize: bool,
-            source: str) -> Dataset:
+            source: str, files: dict[str, str] | None = None) -> Dataset:
+    _check_raw(name, raw, source, files)
     x_tr, y_tr, x_te, y_te = (raw[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     for k, x in (("x_train", x_tr), ("x_test", x_te)):
         if x.ndim == 3:
             raw[k] = x = x[..., None]
         if x.ndim != 4:
-            raise ValueError(f"{name}: {k} from {source} has shape {x.shape}, expected NHWC")
+            raise ValueError(f"{name}: {k} in {(files or {}).get(k, source)} has shape "
+                             f"{x.shape}, expected NHWC")
     x_tr, x_te = raw["x_train"], raw["x_test"]
     if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
         raise ValueError(f"{name}: images and labels differ in length in {source}: "
@@ -134,6 +242,13 @@ def _finish(name: str, raw: dict[str, np.ndarray], val_size: int | None, normali
     train, val = _split_val(name, x_tr, y_tr, VAL_SIZE.get(name, 0) if val_size is None
                             else val_size)
     num_classes = NUM_CLASSES.get(name, int(max(y_tr.max(), y_te.max())) + 1)
+    for k, y in (("y_train", y_tr), ("y_test", y_te)):
+        bad = np.flatnonzero((y < 0) | (y >= num_classes))
+        if len(bad):
+            raise ValueError(
+                f"{name}: {k} in {(files or {}).get(k, source)} has label {int(y[bad[0]])} at "
+                f"index {int(bad[0])}, outside [0, {num_classes}) for {name} "
+                f"({len(bad)} such labels)")
     return Dataset(name, train, val, Split(x_te, y_te), num_classes, tuple(mean), tuple(std),
                    source)
 
@@ -186,7 +301,7 @@ def _read_mnist_dir(root: str) -> dict[str, np.ndarray] | None:
         raise FileNotFoundError(f"IDX files for {missing} missing in {root} (need train-images-"
                                 "idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                                 "t10k-labels-idx1-ubyte, optionally .gz)")
-    return {k: read_idx(v) for k, v in files.items()}
+    return {**{k: read_idx(v) for k, v in files.items()}, "files": files}
 
 
 def _unpickle(path: str) -> dict:
@@ -228,26 +343,37 @@ def _read_cifar_dir(root: str, name: str) -> dict[str, np.ndarray] | None:
     return None
 
 
+def _load_npz(path: str, keys: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+    """The arrays of the first complete key set in ``keys``; errors name the file."""
+    try:  # our own handle: np.load leaks it when the zip is broken
+        with open(path, "rb") as fh, np.load(fh) as z:
+            for ks in keys:
+                if all(k in z for k in ks):
+                    return {k: z[k] for k in ks}
+            files = sorted(z.files)
+    except Exception as e:  # noqa: BLE001 - not a zip, truncated, pickled objects, ...
+        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}; is it an .npz "
+                         "written by numpy.savez?") from None
+    raise ValueError(f"{path} needs arrays {' or '.join('/'.join(ks) for ks in keys)}, has "
+                     f"{files}")
+
+
 def _npz_xy(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as z:
-        for xk, yk in (("x", "y"), ("images", "labels")):
-            if xk in z and yk in z:
-                return z[xk], z[yk]
-    raise ValueError(f"{path} needs arrays x/y or images/labels")
+    z = _load_npz(path, (("x", "y"), ("images", "labels")))
+    return tuple(z.values())
 
 
 def _read_npz_dir(root: str, name: str) -> dict[str, np.ndarray] | None:
     p = os.path.join(root, f"{name}.npz")
     if os.path.exists(p):
-        with np.load(p) as z:
-            keys = ("x_train", "y_train", "x_test", "y_test")
-            if not all(k in z for k in keys):
-                raise ValueError(f"{p} needs arrays {keys}, has {sorted(z.files)}")
-            return {k: z[k] for k in keys}
+        raw = _load_npz(p, (("x_train", "y_train", "x_test", "y_test"),))
+        raw["files"] = dict.fromkeys(("x_train", "y_train", "x_test", "y_test"), p)
+        return raw
     tr, te = os.path.join(root, "train.npz"), os.path.join(root, "test.npz")
     if os.path.exists(tr) and os.path.exists(te):
         (x_tr, y_tr), (x_te, y_te) = _npz_xy(tr), _npz_xy(te)
-        return dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+        return dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+                    files=dict(x_train=tr, y_train=tr, x_test=te, y_test=te))
     return None
 
 
@@ -357,7 +483,8 @@ def load(
             looked.append(root)
             raw = _read_raw(root, name)
             if raw is not None:
-                return _finish(name, raw, val_size, normalize, source=root)
+                files = raw.pop("files", None)
+                return _finish(name, raw, val_size, normalize, source=root, files=files)
     roots = _tfds_roots(data_dir)
     path = _find_tfds_dir(roots, name)
     if path is not None:

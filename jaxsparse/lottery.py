@@ -2,8 +2,8 @@
 
 One level of iterative magnitude pruning (IMP) is: train, score the trained weights, prune a
 fraction of what is still kept, and restart training from the *rewind point* with the new
-masks. This module is the pure part of that loop; the training lives in ``jaxsparse.train``
-and the level loop in ``experiments/lottery.py``.
+masks. This module is the pure part of that loop plus the loop itself, :func:`imp` (levels
+x replicates x branches over the one trainer, :class:`jaxsparse.train.Trainer`).
 
 * :func:`rewind` builds a level's starting weights from the rewind point and the masks. Kept
   weights (mask 1) get a *mask-1 action* — ``"rewind"`` (their value at the rewind point),
@@ -23,8 +23,11 @@ and the level loop in ``experiments/lottery.py``.
   (:func:`reinit_control`), random pruning with the ticket's per-layer counts
   (:func:`random_pruning_control`), another mask criterion (:func:`criterion_branch`), or any
   other mask-1 / mask-0 action (:func:`action_branch`).
-* :func:`export_ticket` / :func:`load_ticket` save and restore a ticket (masks + starting
-  weights) with orbax, with the per-layer density report alongside as JSON.
+* :func:`imp` runs a whole lottery-ticket experiment from a user's own code: levels x
+  replicates (one population program) x branches, rewinding, checkpoints and resume.
+* :func:`export_ticket` / :func:`load_ticket` / :func:`read_ticket` save and restore a ticket
+  (masks + starting weights + every other model collection, e.g. BatchNorm statistics, via
+  ``model_state=``) with orbax, with the per-layer density report alongside as JSON.
 
 >>> params = {"w": jnp.arange(1.0, 7.0).reshape(2, 3), "b": jnp.zeros(3)}
 >>> masks = {"w": jnp.array([[True, False, True], [False, True, True]]), "b": jnp.array(True)}
@@ -142,9 +145,9 @@ def rewind(
     distribution when the rewind point is the initialisation.
 
     Mask-0 actions (pruned entries): ``"zero"`` (default), or ``"frozen"``: the rewind-point
-    value. Frozen weights are part of the forward pass but never trained: train with a
-    forward mask of all ones and the ticket's mask on the *gradients* (``experiments/lottery.py``
-    does this with :func:`freeze_tx`), so they stay constant, not zero.
+    value. Frozen weights are part of the forward pass but never trained: train with masks
+    of all ones and ``trainable`` = the ticket's masks (``jaxsparse.train.init_state(...,
+    trainable=masks)``; :func:`imp` does this), so they stay constant, not zero.
 
     Non-prunable leaves (scalar ``True`` mask: biases, norms) always take their rewind-point
     value. Exact zeros: with ``mask0="zero"`` every pruned entry is ``0.0`` (``jnp.where``).
@@ -175,7 +178,7 @@ def rewind(
         raise ValueError(f"unknown mask-0 action {mask0!r}; expected one of {MASK0_ACTIONS}")
     if action in _NEEDS_KEY and key is None:
         raise ValueError(f"action {action!r} is random: pass key=jax.random.key(...)")
-    masks_lib.validate(params_rewind, masks)
+    masks_lib.validate(params_rewind, masks, where="rewind")
 
     leaves = rules_lib.leaves_with_paths(params_rewind)
     mask_leaves = jax.tree_util.tree_leaves(masks)
@@ -511,65 +514,63 @@ ticket's masks ``tm``, the previous level's masks ``pm`` and weights ``init``/``
 
 
 # ---------------------------------------------------------------------------------------
-# Training with frozen (mask-0 = "frozen") weights.
-
-
-class FreezeState(NamedTuple):
-    """State of :func:`freeze_tx`: full-shape bool ``trainable`` tree and the inner state."""
-
-    trainable: PyTree
-    inner: Any
-
-
-def freeze_tx(tx: Any) -> Any:
-    """Wraps an optax transformation so that entries where ``trainable`` is False never move.
-
-    For mask-0 = ``"frozen"`` tickets: train with a forward mask of all ones (so the pruned
-    weights keep their constant rewind-point value in the forward pass) and this wrapper
-    zeroing the gradients and updates of the pruned entries. ``init`` sets every entry
-    trainable; put the ticket's masks in with :func:`set_trainable` (per replicate under
-    ``vmap``). Extra update arguments (``masks=`` from the trainer) go to ``tx``.
-
-    >>> tx = freeze_tx(optax.sgd(0.1))
-    >>> p = {"w": jnp.array([1.0, 2.0])}
-    >>> st = set_trainable(tx.init(p), {"w": jnp.array([True, False])})
-    >>> u, st = tx.update({"w": jnp.ones(2)}, st, p)
-    >>> u["w"]
-    Array([-0.1,  0. ], dtype=float32)
-    """
-    import optax
-
-    extra_ok = isinstance(tx, optax.GradientTransformationExtraArgs)
-
-    def init_fn(params: PyTree) -> FreezeState:
-        trainable = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
-        return FreezeState(trainable, tx.init(params))
-
-    def update_fn(updates, state, params=None, **extra):
-        zero = lambda u, t: jnp.where(t, u, jnp.zeros((), jnp.result_type(u)))  # noqa: E731
-        updates = jax.tree.map(zero, updates, state.trainable)
-        if extra_ok:
-            updates, inner = tx.update(updates, state.inner, params, **extra)
-        else:
-            updates, inner = tx.update(updates, state.inner, params)
-        updates = jax.tree.map(zero, updates, state.trainable)
-        return updates, FreezeState(state.trainable, inner)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def set_trainable(state: FreezeState, masks: PyTree) -> FreezeState:
-    """``state`` with ``trainable`` = ``masks`` broadcast to full shape (scalar True -> all)."""
-    trainable = jax.tree.map(lambda t, m: jnp.broadcast_to(m, t.shape), state.trainable, masks)
-    return state._replace(trainable=trainable)
-
-
-# ---------------------------------------------------------------------------------------
 # Export.
+
+
+class Ticket(NamedTuple):
+    """A ticket as read back by :func:`read_ticket`.
+
+    Attributes:
+      params: the ticket's weights.
+      masks: its bool masks (the params' structure).
+      model_state: every other collection saved with it (BatchNorm statistics, NNX RNG state,
+        ...), ``{}`` when there is none.
+      metadata: the ``metadata`` dict given to :func:`export_ticket`.
+    """
+
+    params: PyTree
+    masks: PyTree
+    model_state: PyTree
+    metadata: dict[str, Any]
 
 
 def _to_numpy(tree: PyTree) -> PyTree:
     return jax.tree.map(np.asarray, tree)
+
+
+def _ticket_parts(params: PyTree, masks: PyTree, model_state: PyTree | None):
+    """``(params, masks, model_state)`` as plain trees, from any of the accepted inputs."""
+    from jaxsparse import flax_utils
+
+    if flax_utils.is_nnx_module(params):
+        if model_state is not None:
+            raise ValueError("export_ticket: got an nnx.Module and model_state=; the module's "
+                             "own non-parameter variables are exported, drop model_state=")
+        p, rest = flax_utils.split_model(params)
+        return p, flax_utils.to_pure(masks), rest
+    cols = flax_utils.linen_collections(params)
+    if cols:
+        if model_state is not None:
+            raise ValueError(f"export_ticket: got a Linen variables dict (collections {cols}) "
+                             "and model_state=; its collections are exported, drop model_state=")
+        return params["params"], masks, {k: v for k, v in params.items() if k != "params"}
+    flax_utils.check_params_only(params, where="export_ticket")
+    return (flax_utils.to_pure(params), flax_utils.to_pure(masks),
+            flax_utils.to_pure(model_state) if model_state is not None else {})
+
+
+def _keys_to_data(tree: PyTree) -> tuple[PyTree, dict[str, str]]:
+    """Typed PRNG keys (NNX RNG state) as raw uint32 data, and ``{path: impl}`` to undo it."""
+    impls = {}
+
+    def one(path: str, x: Any) -> Any:
+        dtype = getattr(x, "dtype", None)
+        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            impls[path] = str(jax.random.key_impl(x))
+            return np.asarray(jax.random.key_data(x))
+        return np.asarray(x)
+
+    return rules_lib.map_with_path(one, tree), impls
 
 
 def export_ticket(
@@ -577,20 +578,33 @@ def export_ticket(
     params: PyTree,
     masks: PyTree,
     *,
+    model_state: PyTree | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> str:
-    """Saves a ticket (masks + starting weights) with orbax, and its density report.
+    """Saves a ticket (masks + weights + every other collection) with orbax, and its report.
 
-    Writes ``directory/ticket`` (an orbax PyTree checkpoint of ``{"params", "masks"}``,
-    pruned entries zeroed with :func:`jaxsparse.apply_masks` unless already frozen values),
-    ``directory/density.json`` (per-leaf path/shape/kept/total/density, the total, and
-    ``metadata``) and ``directory/density.txt`` (the printable table).
+    Writes ``directory/ticket`` (an orbax PyTree checkpoint of ``{"params", "masks",
+    "model_state"}``, the params as given), ``directory/density.json`` (per-leaf
+    path/shape/kept/total/density, the total, ``metadata`` and the ``contents`` saved) and
+    ``directory/density.txt`` (the printable table).
+
+    A network is more than its weights: BatchNorm statistics (Linen ``batch_stats``, NNX
+    ``nnx.BatchStat``) and NNX RNG state belong to the ticket, or a model loaded from it
+    evaluates with fresh statistics. Pass them by giving ``params`` as
+
+    * an ``nnx.Module``: its ``nnx.Param`` variables are the params, every other variable the
+      model state (``masks`` over ``nnx.state(model, nnx.Param)``);
+    * a Linen ``variables`` dict ``{"params": ..., "batch_stats": ...}`` (``masks`` over
+      ``variables["params"]``);
+    * or plain params (a pytree, an ``nnx.Param`` ``State``) with ``model_state=`` (e.g.
+      ``jaxsparse.models.functional(model).model_state``, a supermask's ``sm_state["model"]``).
 
     Args:
       directory: output folder (created; an existing ticket there is replaced).
-      params: the ticket's starting weights (e.g. from :func:`prune_and_rewind`); a plain
-        pytree (for NNX use ``nnx.state(model, nnx.Param)`` converted with ``.to_pure_dict()``).
-      masks: the ticket's masks.
+      params: the ticket's weights (e.g. from :func:`prune_and_rewind`), in one of the forms
+        above. An NNX ``State`` holding non-``Param`` variables is refused (name them).
+      masks: the ticket's masks (validated against the params).
+      model_state: the other collections, for plain ``params``.
       metadata: JSON-serialisable extras (level, config, accuracy, ...).
 
     Returns:
@@ -607,35 +621,127 @@ def export_ticket(
     """
     import orbax.checkpoint as ocp
 
-    masks_lib.validate(params, masks)
+    params, masks, model_state = _ticket_parts(params, masks, model_state)
+    masks_lib.validate(params, masks, where="export_ticket")
+    state_data, key_impls = _keys_to_data(model_state)
     directory = os.path.abspath(os.fspath(directory))
     os.makedirs(directory, exist_ok=True)
     rep = masks_lib.report(masks)
+    contents = {"params": rules_lib.leaf_paths(params),
+                "model_state": rules_lib.leaf_paths(model_state), "prng_keys": key_impls}
     with open(os.path.join(directory, "density.json"), "w") as f:
         json.dump({"leaves": [dict(r, shape=list(r["shape"])) for r in rep.as_dicts()],
                    "kept": rep.kept, "total": rep.total, "density": rep.density,
-                   "metadata": metadata or {}}, f, indent=1)
+                   "metadata": metadata or {}, "contents": contents}, f, indent=1)
     with open(os.path.join(directory, "density.txt"), "w") as f:
         f.write(str(rep) + "\n")
     path = os.path.join(directory, "ticket")
+    tree = {"params": _to_numpy(params), "masks": _to_numpy(masks), "model_state": state_data}
     with ocp.PyTreeCheckpointer() as ckptr:
-        ckptr.save(path, {"params": _to_numpy(params), "masks": _to_numpy(masks)}, force=True)
+        ckptr.save(path, tree, force=True)
     return directory
+
+
+def read_ticket(
+    directory: str | os.PathLike,
+    *,
+    like: PyTree | None = None,
+    model_state_like: PyTree | None = None,
+) -> Ticket:
+    """Everything :func:`export_ticket` saved: ``Ticket(params, masks, model_state, metadata)``.
+
+    Args:
+      directory: the folder given to :func:`export_ticket`.
+      like: optional params tree whose structure ``params`` and ``masks`` take (leaves matched
+        by path, shapes checked).
+      model_state_like: optional model-state tree (e.g. ``functional(model).model_state``)
+        whose structure ``model_state`` takes; every leaf it has must be in the ticket (a
+        ``ValueError`` names the missing ones: a ticket exported without its statistics).
+
+    Returns:
+      A :class:`Ticket`. Without ``like`` / ``model_state_like`` the trees are orbax's nested
+      dicts (typed PRNG keys rebuilt).
+
+    Raises:
+      FileNotFoundError: no ticket in ``directory``. ValueError: an unreadable or corrupt
+      ticket (names the file), or a leaf missing or of another shape (names the leaf).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.fspath(directory))
+    path = os.path.join(directory, "ticket")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no ticket at {directory} (expected {path}, written by "
+                                "export_ticket)")
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = ckptr.restore(path)
+        params, masks = tree["params"], tree["masks"]
+    except Exception as e:  # noqa: BLE001 - whatever orbax raised, name the file
+        raise ValueError(f"cannot read the ticket {path}: it is corrupt, truncated or not "
+                         f"written by export_ticket ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    info = {}
+    report_path = os.path.join(directory, "density.json")
+    if os.path.exists(report_path):
+        try:
+            with open(report_path) as f:
+                info = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {report_path}: {e}") from None
+    contents = info.get("contents", {})
+    model_state = tree.get("model_state") or {}
+    impls = contents.get("prng_keys", {})
+    if impls:
+        model_state = rules_lib.map_with_path(
+            lambda p, x: jax.random.wrap_key_data(jnp.asarray(x), impl=impls[p])
+            if p in impls else x, model_state)
+    if like is None:
+        params, masks = jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, masks)
+    else:
+        params = _restructure(params, like, "params")
+        masks = _restructure(masks, like, "masks", masks=True)
+    if model_state_like is None:
+        model_state = jax.tree.map(jnp.asarray, model_state)
+    else:
+        unused = sorted(set(rules_lib.leaf_paths(model_state))
+                        - set(rules_lib.leaf_paths(model_state_like)))
+        if unused:
+            import warnings
+
+            warnings.warn(f"ticket {path} holds model state {unused[:6]} that the model does not "
+                          "have; it is not loaded", UserWarning, stacklevel=3)
+        model_state = _restructure(model_state, model_state_like, "model_state",
+                                   hint=" (it was exported without it: pass model_state= or the "
+                                        "model / variables to export_ticket)")
+    masks_lib.validate(params, masks, where=f"ticket {path}")
+    return Ticket(params, masks, model_state, dict(info.get("metadata", {})))
 
 
 def load_ticket(directory: str | os.PathLike, *, like: PyTree | None = None) -> tuple[PyTree,
                                                                                       PyTree]:
-    """Loads ``(params, masks)`` written by :func:`export_ticket`.
+    """Loads ``(params, masks)`` written by :func:`export_ticket`; never drops a collection.
 
     Args:
       directory: the folder given to :func:`export_ticket`.
-      like: optional params tree (e.g. a fresh model's params) whose structure the result
-        takes; leaves are matched by path and checked for shape. Without it the result is
-        orbax's nested dicts / lists.
+      like: what to load into:
+
+        * an ``nnx.Module``: the ticket's params **and every other variable** (BatchNorm
+          statistics, RNG state) are written into it in place; returns
+          ``(nnx.state(model, nnx.Param), masks)`` with masks an NNX ``State`` of the same
+          structure (ready for ``jaxsparse.masked`` / ``nnx.Optimizer``). A model variable the
+          ticket lacks is a ``ValueError`` naming it (the model would keep its current,
+          e.g. freshly initialised, statistics);
+        * a Linen ``variables`` dict ``{"params": ..., "batch_stats": ...}``: returns
+          ``(variables, masks)`` with every collection from the ticket (a missing one is a
+          ``ValueError`` naming it);
+        * a params tree: ``(params, masks)`` in its structure (leaves matched by path, shapes
+          checked); if the ticket also holds model state, a ``UserWarning`` names it (use
+          :func:`read_ticket` or one of the forms above to get it);
+        * ``None``: orbax's nested dicts (the same warning).
 
     Returns:
-      ``(params, masks)``; load into a Flax NNX model with ``nnx.update(model, params)``
-      (``like=nnx.state(model, nnx.Param)``), or use as a Linen params dict.
+      ``(params, masks)`` as described.
 
     >>> import tempfile
     >>> tmp = tempfile.TemporaryDirectory()
@@ -649,27 +755,91 @@ def load_ticket(directory: str | os.PathLike, *, like: PyTree | None = None) -> 
            [False,  True]], dtype=bool))
     >>> tmp.cleanup()
     """
-    import orbax.checkpoint as ocp
+    import warnings
 
-    path = os.path.join(os.path.abspath(os.fspath(directory)), "ticket")
-    with ocp.PyTreeCheckpointer() as ckptr:
-        tree = ckptr.restore(path)
-    params, masks = tree["params"], tree["masks"]
-    if like is None:
-        return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, masks)
-    return _restructure(params, like, "params"), _restructure(masks, like, "masks", masks=True)
+    from jaxsparse import flax_utils
+
+    if flax_utils.is_nnx_module(like):
+        model = like
+        p_like, s_like = flax_utils.split_model(model)
+        t = read_ticket(directory, like=p_like)
+        have = set(rules_lib.leaf_paths(t.model_state))
+        # RNG state may be absent (the model keeps its own); statistics may not
+        missing = [(p, k) for p, k in flax_utils.non_param_variables(_nnx_rest(model), rng=False)
+                   if p not in have]
+        if missing:
+            kinds = sorted({k for _, k in missing})
+            raise ValueError(
+                f"ticket {os.fspath(directory)} holds no {', '.join(kinds)} for "
+                f"{type(model).__name__} ({[p for p, _ in missing][:6]}): loading it would keep "
+                "the model's current values (e.g. fresh BatchNorm statistics). Export the "
+                "ticket with export_ticket(dir, model, masks) or model_state=")
+        unused = sorted(have - set(rules_lib.leaf_paths(s_like)))
+        if unused:
+            warnings.warn(f"ticket {os.fspath(directory)} holds model state {unused[:6]} that "
+                          f"{type(model).__name__} does not have; it is not loaded", UserWarning,
+                          stacklevel=2)
+        state = _restructure(t.model_state, s_like, "model_state", fill=True)
+        flax_utils.merge_into(model, t.params, state)
+        p_state = _nnx_params(model)
+        by_path = dict(rules_lib.leaves_with_paths(t.masks))
+        masks = rules_lib.map_with_path(lambda path, _: by_path[path], p_state)
+        return p_state, masks
+    cols = flax_utils.linen_collections(like)
+    if cols:
+        t = read_ticket(directory, like=like["params"],
+                        model_state_like={k: v for k, v in like.items() if k != "params"})
+        return {"params": t.params, **t.model_state}, t.masks
+    if like is not None:
+        flax_utils.check_params_only(like, where="load_ticket(like=...)")
+    t = read_ticket(directory, like=flax_utils.to_pure(like) if like is not None else None)
+    extra = rules_lib.leaf_paths(t.model_state)
+    if extra:
+        warnings.warn(
+            f"ticket {os.fspath(directory)} also holds model state {extra[:6]}"
+            f"{' ...' if len(extra) > 6 else ''} that load_ticket(like=params) does not return: "
+            "use read_ticket(dir).model_state, or load_ticket(dir, like=model) (NNX) / "
+            "like=variables (Linen)", UserWarning, stacklevel=2)
+    if like is not None and flax_utils.is_nnx_state(like):
+        by_p = dict(rules_lib.leaves_with_paths(t.params))
+        by_m = dict(rules_lib.leaves_with_paths(t.masks))
+        return (rules_lib.map_with_path(lambda path, _: by_p[path], like),
+                rules_lib.map_with_path(lambda path, _: by_m[path], like))
+    return t.params, t.masks
 
 
-def _restructure(tree: PyTree, like: PyTree, what: str, masks: bool = False) -> PyTree:
+def _nnx_params(model: Any) -> Any:
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
+
+
+def _nnx_rest(model: Any) -> Any:
+    from flax import nnx
+
+    return nnx.state(model, nnx.Not(nnx.Param))
+
+
+def _restructure(tree: PyTree, like: PyTree, what: str, masks: bool = False,
+                 hint: str = "", fill: bool = False) -> PyTree:
+    """``tree``'s leaves in ``like``'s structure, matched by path; ``fill`` takes ``like``'s own
+    value for a path ``tree`` lacks (NNX RNG state the ticket does not carry)."""
     by_path = dict(rules_lib.leaves_with_paths(tree))
     out = []
     for path, ref in rules_lib.leaves_with_paths(like):
+        if path not in by_path and fill:
+            out.append(ref)
+            continue
         if path not in by_path:
-            raise ValueError(f"ticket {what} has no leaf {path!r}; it has {sorted(by_path)}")
-        value = jnp.asarray(by_path[path])
-        if not masks or value.ndim > 0:
-            if value.shape != np.shape(ref):
-                raise ValueError(f"ticket {what} leaf {path!r} has shape {value.shape}, "
+            raise ValueError(f"ticket {what} has no leaf {path!r}{hint}; it has "
+                             f"{sorted(by_path)[:12]}")
+        value = by_path[path]
+        if not (hasattr(value, "dtype") and jax.dtypes.issubdtype(value.dtype,
+                                                                     jax.dtypes.prng_key)):
+            value = jnp.asarray(value)
+        if not masks or np.ndim(value) > 0:
+            if np.shape(value) != np.shape(ref):
+                raise ValueError(f"ticket {what} leaf {path!r} has shape {np.shape(value)}, "
                                  f"the model has {np.shape(ref)}")
         out.append(value)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), out)
@@ -677,10 +847,9 @@ def _restructure(tree: PyTree, like: PyTree, what: str, masks: bool = False) -> 
 
 __all__ = [
     "MASK0_ACTIONS", "MASK1_ACTIONS", "Branch", "Plan", "action_branch", "branch_start",
-    "compute_scores", "criterion_branch", "export_ticket", "freeze_tx", "load_ticket",
-    "FreezeState", "set_trainable",
-    "next_masks", "prune_and_rewind", "random_masks_like", "random_pruning_control",
-    "reinit_control", "rewind",
+    "REWINDS", "Ticket", "compute_scores", "criterion_branch", "export_ticket", "imp",
+    "load_ticket", "next_masks", "prune_and_rewind", "random_masks_like",
+    "random_pruning_control", "read_ticket", "reinit_control", "rewind", "summarise",
 ]
 
 
@@ -772,8 +941,9 @@ def imp(
       rules: path rules for what is prunable (:func:`jaxsparse.ones_like`).
       directory, checkpoint_every, keep: checkpoints and finished results (see above).
       augment: on-device augmentation (:func:`jaxsparse.data.augment_cifar`).
-      on_level: ``on_level(level, params, masks)`` with the population's starting weights
-        and masks of each level's ticket, before it trains (e.g. to export it).
+      on_level: ``on_level(level, params, masks, model_state)`` with the population's
+        starting weights, masks and model state (BatchNorm statistics) of each level's
+        ticket, before it trains (e.g. to export it with :func:`export_ticket`).
       on_result: ``on_result(result)`` after each (level, branch) run.
       on_checkpoint: ``on_checkpoint(level, branch, step)`` once a checkpoint is on disk.
 
@@ -842,8 +1012,6 @@ def imp(
         tkey = (start, finetune, frozen, snapshot)
         if tkey not in trainers:
             opt = tx(start, finetune) if callable(tx) and not hasattr(tx, "update") else tx
-            if frozen:
-                opt = freeze_tx(opt)
             hooks = (train.snapshot_at(k),) if snapshot else ()
             trainers[tkey] = train.Trainer(apply_fn, opt, batch_size=batch_size, hooks=hooks,
                                            augment=augment)
@@ -858,13 +1026,13 @@ def imp(
         tr = trainer(start, level > 0 and rewind_to == "finetune", frozen, snapshot)
 
         def one_state(p, ms, m, dk):
-            # Frozen mask-0: the forward pass sees every weight (all-ones training masks);
-            # freeze_tx keeps the pruned ones at their rewind-point value.
-            tm = jax.tree.map(lambda mm, pp: jnp.ones(pp.shape, bool), m, p) if frozen else m
-            st = tr.init_state(p, key=dk, model_state=ms, masks=tm)
-            if frozen:
-                st = st._replace(opt_state=set_trainable(st.opt_state, m))
-            return st
+            # Frozen mask-0: the forward pass sees every weight (all-ones masks); the state's
+            # `trainable` = the ticket's masks keeps the pruned ones at their rewind value.
+            if not frozen:
+                return tr.init_state(p, key=dk, model_state=ms, masks=m)
+            full = jax.tree.map(lambda mm, pp: jnp.ones(pp.shape, bool), m, p)
+            return train.init_state(p, tr.tx, key=dk, model_state=ms, masks=full,
+                                    trainable=m)
 
         state = jax.vmap(one_state)(params, model_state, masks, data_keys)
         state = state._replace(step=jnp.full_like(state.step, start))
@@ -908,7 +1076,7 @@ def imp(
             # (lr rewinding, fine-tuning) keeps the trained statistics.
             model_state = prev[2] if trained else model_state0
         if on_level is not None:
-            on_level(level, params, masks)
+            on_level(level, params, masks, model_state)
         state, res = run_one(level, "ticket", params, model_state, masks)
         results.append(res)
         if level == 0 and rewind_to == "iteration":

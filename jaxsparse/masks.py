@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsparse import flax_utils
 from jaxsparse import rules as rules_lib
 
 PyTree = Any
@@ -46,9 +47,16 @@ def ones_like(params: PyTree, rules: rules_lib.Rules | None = None) -> PyTree:
       A bool pytree with the params' structure: ``True`` arrays of the leaf's shape for
       prunable leaves, scalar ``True`` for the others.
 
+    Raises:
+      ValueError / TypeError: ``params`` holds more than trainable weights: an NNX ``State``
+      with non-``Param`` variables (``nnx.state(model)``: BatchNorm statistics, RNG state), an
+      ``nnx.Module``, or a Linen ``variables`` dict; the message names them and what to pass
+      (``nnx.state(model, nnx.Param)``, ``variables["params"]``). See docs/flax.md.
+
     >>> ones_like({"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}, rules=[("b", True)])["b"]
     Array([ True,  True], dtype=bool)
     """
+    flax_utils.check_params_only(params, where="ones_like")
     rules = rules_lib.check_rules(rules)
 
     def one(path: str, leaf: Any) -> jax.Array:
@@ -60,7 +68,7 @@ def ones_like(params: PyTree, rules: rules_lib.Rules | None = None) -> PyTree:
 
 
 def _check_structure(
-    params: PyTree, masks: PyTree, names: tuple[str, str] = ("params", "masks")
+    params: PyTree, masks: PyTree, names: tuple[str, str] = ("params", "masks"), where: str = ""
 ) -> None:
     p_def = jax.tree_util.tree_structure(params)
     m_def = jax.tree_util.tree_structure(masks)
@@ -77,45 +85,131 @@ def _check_structure(
             detail += f" leaves only in {b}: {only_m[:5]}{' ...' if len(only_m) > 5 else ''};"
         if not detail:
             detail = f" {a} tree {p_def} vs {b} tree {m_def}"
-        raise ValueError(f"{b} and {a} have different tree structures:{detail}")
+        raise ValueError(f"{_prefix(where)}{b} and {a} have different tree structures:{detail}")
 
 
-def _check_leaf(path: str, p: Any, m: Any) -> None:
-    dtype = m.dtype if hasattr(m, "dtype") else np.asarray(m).dtype
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def _dtype(x: Any) -> np.dtype:
+    dtype = getattr(x, "dtype", None)
+    return np.asarray(x).dtype if dtype is None else dtype
+
+
+def _check_mask_leaf(path: str, m: Any, where: str = "", what: str = "mask") -> None:
+    dtype = _dtype(m)
     if dtype != np.bool_:
-        raise TypeError(f"mask at {path!r} has dtype {dtype}; masks must be bool")
+        hint = ""
+        if np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer):
+            hint = (" (a numeric mask is ambiguous: 0.3 would count as kept; convert it "
+                    "explicitly, e.g. `m > 0.5` or `m.astype(bool)`)")
+        raise TypeError(f"{_prefix(where)}{what} at {path!r} has dtype {dtype}; masks must be "
+                        f"bool{hint}")
+    if np.shape(m) == () and _concrete_false(m):
+        raise ValueError(
+            f"{_prefix(where)}scalar {what} at {path!r} is False; a non-prunable leaf's mask must "
+            "be True (prune it with a full-shape mask instead)"
+        )
+
+
+def _check_leaf(path: str, p: Any, m: Any, where: str = "", what: str = "param") -> None:
+    _check_mask_leaf(path, m, where)
     m_shape, p_shape = np.shape(m), np.shape(p)
     if m_shape != () and m_shape != p_shape:
         raise ValueError(
-            f"mask at {path!r} has shape {m_shape} but the param has shape {p_shape} "
-            "(a mask leaf is either the param's shape or a scalar True)"
+            f"{_prefix(where)}mask at {path!r} has shape {m_shape} but the {what} has shape "
+            f"{p_shape} (a mask leaf is either the {what}'s shape or a scalar True; masks are "
+            "never broadcast)"
         )
 
 
 def _concrete_false(m: Any) -> bool:
+    if isinstance(m, jax.core.Tracer):  # traced: only shapes and dtypes can be checked
+        return False
     try:
         return not bool(m)
-    except jax.errors.ConcretizationTypeError:  # traced: cannot check the value
+    except jax.errors.ConcretizationTypeError:
         return False
 
 
-def validate(params: PyTree, masks: PyTree) -> None:
-    """Raises a clear error unless ``masks`` is a valid mask tree for ``params``.
+def validate(
+    params: PyTree | None,
+    masks: PyTree,
+    *,
+    where: str = "",
+    names: tuple[str, str] = ("params", "masks"),
+) -> None:
+    """Raises a clear error unless ``masks`` is a valid mask tree (for ``params``).
 
-    Checks: identical tree structure; bool dtype; each leaf has the param's shape or is a
-    scalar; a scalar (non-prunable) mask is ``True`` (checked when concrete). Every error
-    names the offending leaf path and shapes.
+    The one check every jaxsparse function that takes masks runs. Checks: identical tree
+    structure to ``params`` (skipped when ``params`` is ``None``); ``bool`` dtype on every leaf
+    (a float mask is refused, never thresholded); each leaf has *exactly* the param's shape or
+    is a scalar (a ``(1, 5)`` mask over a ``(4, 5)`` kernel is refused, never broadcast); a
+    scalar (non-prunable) mask is ``True``. Shapes and dtypes are checked under ``jit`` too;
+    values only when concrete. Every error names the offending leaf path and shapes.
+
+    Args:
+      params: the params (or updates, scores, ...) the masks are for, or ``None`` to check the
+        mask tree alone.
+      masks: the mask tree.
+      where: the calling function, used as the prefix of error messages.
+      names: what to call the two trees in structure errors.
+
+    Raises:
+      TypeError: a non-bool mask leaf. ValueError: structure, shape or a scalar ``False``.
+
+    >>> validate({"w": jnp.ones((4, 5))}, {"w": jnp.ones((1, 5), bool)})
+    Traceback (most recent call last):
+    ...
+    ValueError: mask at 'w' has shape (1, 5) but the param has shape (4, 5) (a mask leaf is \
+either the param's shape or a scalar True; masks are never broadcast)
     """
-    _check_structure(params, masks)
+    if params is None:
+        for path, m in rules_lib.leaves_with_paths(masks):
+            _check_mask_leaf(path, m, where)
+        return
+    _check_structure(params, masks, names, where)
+    what = names[0][:-1] if names[0].endswith("s") else names[0]
     for (path, p), (_, m) in zip(
         rules_lib.leaves_with_paths(params), rules_lib.leaves_with_paths(masks), strict=True
     ):
-        _check_leaf(path, p, m)
-        if np.shape(m) == () and _concrete_false(m):
-            raise ValueError(
-                f"scalar mask at {path!r} is False; a non-prunable leaf's mask must be True "
-                "(prune it with a full-shape mask instead)"
-            )
+        _check_leaf(path, p, m, where, what)
+
+
+def validate_leaf(path: str, param: Any, mask: Any, *, where: str = "") -> None:
+    """:func:`validate` for one leaf: ``mask`` is bool and has ``param``'s shape (or is a scalar
+    ``True``); errors name ``path``. For functions that take one array and its mask.
+
+    >>> validate_leaf("k", jnp.ones((4, 2)), jnp.ones((4, 2)), where="compress")
+    Traceback (most recent call last):
+    ...
+    TypeError: compress: mask at 'k' has dtype float32; masks must be bool (a numeric mask is \
+ambiguous: 0.3 would count as kept; convert it explicitly, e.g. `m > 0.5` or `m.astype(bool)`)
+    """
+    _check_leaf(path, param, mask, where)
+
+
+def nonzero_pruned(params: PyTree, masks: PyTree) -> dict[str, int]:
+    """Pruned entries that are not exactly zero: ``{leaf path: count}``, only leaves with any.
+
+    ``{}`` means every pruned entry is exactly ``0`` (what :func:`apply_masks` and
+    :func:`jaxsparse.masked` guarantee). Host-side (needs concrete arrays).
+
+    >>> p = {"w": jnp.array([[1.0, 0.0], [3.0, 4.0]])}
+    >>> nonzero_pruned(p, {"w": jnp.array([[True, False], [False, True]])})
+    {'w': 1}
+    """
+    validate(params, masks, where="nonzero_pruned")
+    out = {}
+    for (path, p), (_, m) in zip(
+        rules_lib.leaves_with_paths(params), rules_lib.leaves_with_paths(masks), strict=True
+    ):
+        if is_prunable(m):
+            bad = int(np.sum((np.asarray(p) != 0) & ~np.asarray(m)))
+            if bad:
+                out[path] = bad
+    return out
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
@@ -127,10 +221,9 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     >>> apply_masks({"w": jnp.ones((1, 2))}, {"w": jnp.array([[True, False]])})["w"]
     Array([[1., 0.]], dtype=float32)
     """
-    _check_structure(params, masks)
+    validate(params, masks, where="apply_masks")
 
     def one(path: str, p: Any, m: Any) -> Any:
-        _check_leaf(path, p, m)
         if not is_prunable(m):
             return p
         return jnp.where(m, p, jnp.zeros((), dtype=jnp.result_type(p)))
@@ -138,34 +231,49 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     return rules_lib.map_with_path(one, params, masks)
 
 
-def _prunable_leaves(masks: PyTree) -> list[jax.Array]:
+def _prunable_leaves(masks: PyTree, where: str | None) -> list[jax.Array]:
+    if where is not None:
+        validate(None, masks, where=where)
     return [m for m in jax.tree_util.tree_leaves(masks) if is_prunable(m)]
 
 
-def count_total(masks: PyTree) -> int:
-    """Number of prunable entries (a static Python int)."""
-    return int(sum(int(np.prod(np.shape(m))) for m in _prunable_leaves(masks)))
+def _total(masks: PyTree, where: str | None) -> int:
+    return int(sum(int(np.prod(np.shape(m))) for m in _prunable_leaves(masks, where)))
 
 
-def count_kept(masks: PyTree) -> jax.Array:
-    """Number of kept prunable entries (an int32 array; jit-compatible)."""
-    leaves = _prunable_leaves(masks)
+def _kept(masks: PyTree, where: str | None) -> jax.Array:
+    leaves = _prunable_leaves(masks, where)
     if not leaves:
         return jnp.zeros((), jnp.int32)
     return sum(jnp.sum(m, dtype=jnp.int32) for m in leaves)
 
 
-def density(masks: PyTree) -> jax.Array:
-    """Fraction of prunable entries kept (1.0 when nothing is prunable)."""
-    total = count_total(masks)
+def _density(masks: PyTree, where: str) -> jax.Array:
+    validate(None, masks, where=where)
+    total = _total(masks, None)
     if total == 0:
         return jnp.ones((), jnp.float32)
-    return count_kept(masks).astype(jnp.float32) / total
+    return _kept(masks, None).astype(jnp.float32) / total
+
+
+def count_total(masks: PyTree) -> int:
+    """Number of prunable entries (a static Python int)."""
+    return _total(masks, "count_total")
+
+
+def count_kept(masks: PyTree) -> jax.Array:
+    """Number of kept prunable entries (an int32 array; jit-compatible)."""
+    return _kept(masks, "count_kept")
+
+
+def density(masks: PyTree) -> jax.Array:
+    """Fraction of prunable entries kept (1.0 when nothing is prunable)."""
+    return _density(masks, "density")
 
 
 def sparsity(masks: PyTree) -> jax.Array:
     """Fraction of prunable entries pruned: ``1 - density(masks)``."""
-    return 1.0 - density(masks)
+    return 1.0 - _density(masks, "sparsity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,13 +341,12 @@ def report(masks: PyTree) -> MaskReport:
     -----------------------------------
     TOTAL             1      2   0.5000
     """
+    validate(None, masks, where="report")
     rows = []
     for path, m in rules_lib.leaves_with_paths(masks):
         if not is_prunable(m):
             continue
         m = np.asarray(m)
-        if m.dtype != np.bool_:
-            raise TypeError(f"mask at {path!r} has dtype {m.dtype}; masks must be bool")
         rows.append(LeafReport(path, tuple(m.shape), int(m.sum()), int(m.size)))
     return MaskReport(tuple(rows))
 
@@ -248,12 +355,15 @@ def report(masks: PyTree) -> MaskReport:
 # Set operations. Non-prunable leaves (scalar True) stay scalar True.
 
 
-def _binary(op, a: PyTree, b: PyTree) -> PyTree:
-    _check_structure(a, b)
+def _binary(op, a: PyTree, b: PyTree, where: str) -> PyTree:
+    validate(None, a, where=where)
+    validate(None, b, where=where)
+    _check_structure(a, b, ("a", "b"), where)
 
     def one(path: str, x: Any, y: Any) -> Any:
-        _check_leaf(path, x, y)
-        _check_leaf(path, y, x)
+        if np.shape(x) and np.shape(y) and np.shape(x) != np.shape(y):
+            raise ValueError(f"{where}: masks at {path!r} have shapes {np.shape(x)} and "
+                             f"{np.shape(y)}")
         if not is_prunable(x) and not is_prunable(y):
             return x
         return op(x, y)
@@ -263,21 +373,22 @@ def _binary(op, a: PyTree, b: PyTree) -> PyTree:
 
 def intersect(a: PyTree, b: PyTree) -> PyTree:
     """Entries kept in both ``a`` and ``b``."""
-    return _binary(jnp.logical_and, a, b)
+    return _binary(jnp.logical_and, a, b, "intersect")
 
 
 def union(a: PyTree, b: PyTree) -> PyTree:
     """Entries kept in ``a`` or ``b``."""
-    return _binary(jnp.logical_or, a, b)
+    return _binary(jnp.logical_or, a, b, "union")
 
 
 def difference(a: PyTree, b: PyTree) -> PyTree:
     """Entries kept in ``a`` but not in ``b`` (on prunable leaves)."""
-    return _binary(lambda x, y: jnp.logical_and(x, jnp.logical_not(y)), a, b)
+    return _binary(lambda x, y: jnp.logical_and(x, jnp.logical_not(y)), a, b, "difference")
 
 
 def invert(masks: PyTree) -> PyTree:
     """Swaps kept and pruned entries of prunable leaves; non-prunable leaves stay True."""
+    validate(None, masks, where="invert")
     return jax.tree.map(lambda m: jnp.logical_not(m) if is_prunable(m) else m, masks)
 
 

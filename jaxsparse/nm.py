@@ -5,16 +5,30 @@ only when every group of ``m`` **consecutive elements along the reduction (K) di
 the sparse operand keeps at most ``n``. This module builds such masks for every layer type,
 validates whole trees, and plugs into :func:`jaxsparse.prune` as ``structure=NM(2, 4)``.
 
-Reduction axis per layer type (``reduction_axis``; override with ``axis=`` or path rules):
+Reduction axis per layer type (``reduction_axis``; override with ``axis=`` or path rules). It is
+**never guessed**: a leaf none of these rules covers is an error that names the leaf, its shape
+and the rule to add.
 
-============================================  ======================  ================
-kernel                                         shape                   N:M axis (K)
-============================================  ======================  ================
-Dense / nnx.Linear (``y = x @ W``)              ``(in, out)``           ``0`` (``in``)
-Conv 1-D/2-D/3-D (Linen and NNX, HWIO)          ``(*spatial, C_in, C_out)``  ``-2`` (``C_in``)
-attention ``query|key|value/kernel``            ``(in, heads, head_dim)``   ``0`` (``in``)
-attention ``out/kernel``                        ``(heads, head_dim, out)``  ``-2`` (``head_dim``)
-============================================  ======================  ================
+==============================================  ==========================  ===============
+leaf (path)                                     shape                       N:M axis (K)
+==============================================  ==========================  ===============
+any 2-D leaf (Dense / nnx.Linear ``x @ W``)     ``(in, out)``               ``0`` (``in``)
+``<conv-like>/kernel``, rank >= 3 (*)           ``(*spatial, C_in, C_out)`` ``-2`` (``C_in``)
+any 4-D ``.../kernel`` (HWIO 2-D conv)          ``(H, W, C_in, C_out)``     ``-2`` (``C_in``)
+``query|key|value|q|k|v[_proj]/kernel``, 3-D    ``(in, heads, head_dim)``   ``0`` (``in``)
+``out|o|out_proj|o_proj/kernel``, 3-D           ``(heads, head_dim, out)``  ``-2`` (``head_dim``)
+==============================================  ==========================  ===============
+
+(*) the kernel's module name contains ``conv`` (any case): ``Conv_0``, ``conv1``, ``conv1d``,
+``s0b0/conv2`` — Conv 1-D / 2-D / 3-D, Linen and NNX. A 4-D leaf named ``kernel`` is taken as
+HWIO wherever it is (Flax's only 4-D ``kernel`` is a 2-D conv's; a 4-D ``DenseGeneral`` kernel
+needs its rule).
+
+Anything else of rank >= 3 — a bare array (path ``"<array>"``), an einsum / ``DenseGeneral``
+kernel such as ``wq`` of shape ``(in, heads, head_dim)``, a fused qkv, a 5-D kernel outside a
+conv-like path — needs its axis: ``axis=`` for one array, or
+``NM(2, 4, axis_rules=[("attn/wq", 0)])`` / ``axis_rules=`` of :func:`nm_masks` /
+:func:`is_nm` for a tree.
 
 * Conv: the hardware sees the im2col GEMM with ``K = prod(spatial) * C_in`` ordered
   ``(*spatial, C_in)`` (channels fastest, the NHWC / HWIO order XLA and cuDNN use), so groups of
@@ -25,10 +39,9 @@ attention ``out/kernel``                        ``(heads, head_dim, out)``  ``-2
   ``(heads, head_dim)``; flattened row-major that is ``K = heads * head_dim`` with
   ``head_dim`` fastest, so groups along ``head_dim`` are consecutive in ``K`` (needs
   ``head_dim % m == 0``).
-* Any other ``DenseGeneral`` / einsum kernel (fused qkv, 4-D kernels, ...): give the axis
-  with a rule, e.g.
-  ``NM(2, 4, axis_rules=[("proj/kernel", 1)])`` — the axis to use is the *last* (fastest) of
-  the contracted axes in the order the GEMM flattens them.
+* Any other ``DenseGeneral`` / einsum kernel (fused qkv, ``wq``, 4-D ``DenseGeneral``, ...):
+  give the axis with a rule, e.g. ``NM(2, 4, axis_rules=[("proj/kernel", 1)])`` — the axis to
+  use is the *last* (fastest) of the contracted axes in the order the GEMM flattens them.
 
 Selection rule (exact): in each group of ``m`` along the axis, keep the ``n`` largest
 magnitudes (or scores). **Ties: the lower index wins.** NaN ranks below every number. The
@@ -53,6 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsparse import masks as masks_lib
 from jaxsparse import rules as rules_lib
 
 PyTree = Any
@@ -60,6 +74,11 @@ AxisRules = Sequence[tuple[rules_lib.Pattern, int]]
 
 # Flax attention q/k/v projections: DenseGeneral kernels (in, heads, head_dim) contracting `in`.
 _QKV = re.compile(r"(^|/)(query|key|value|q|k|v)(_proj)?/kernel$")
+# Flax attention output projection: DenseGeneral kernel (heads, head_dim, out).
+_OUT = re.compile(r"(^|/)(out|o|out_proj|o_proj)/kernel$")
+# A conv kernel: the module's name contains "conv" (Conv_0, conv1, conv1d, s0b0/conv2, ...).
+_CONV = re.compile(r"(^|/)[^/]*conv[^/]*/kernel$", re.IGNORECASE)
+_KERNEL = re.compile(r"(^|/)kernel$")
 
 
 def _check_nm(n: int, m: int) -> None:
@@ -74,6 +93,9 @@ def reduction_axis(
 ) -> int:
     """The (non-negative) axis of a kernel along which N:M groups must run.
 
+    Never guessed: a leaf of rank >= 3 that no rule of the module table (nor ``axis_rules``)
+    covers is an error naming the leaf, its shape and the rule to add.
+
     Args:
       path: the leaf's path string (``"Dense_0/kernel"``, ``"attn/query/kernel"``).
       shape: the leaf's shape.
@@ -83,26 +105,54 @@ def reduction_axis(
     Returns:
       The axis as a non-negative int.
 
+    Raises:
+      ValueError: a leaf of rank < 2, an unknown leaf of rank >= 3, or an axis out of range.
+
     >>> reduction_axis("conv/kernel", (3, 3, 16, 32))
     2
+    >>> reduction_axis("attn/wq", (64, 4, 16), [("attn/wq", 0)])
+    0
     """
     ndim = len(shape)
     axis = rules_lib.match(axis_rules, path, None, default=None)
     if axis is None:
-        if ndim < 2:
-            raise ValueError(
-                f"N:M at {path!r}: leaf of shape {tuple(shape)} has no reduction axis "
-                "(need ndim >= 2 or an axis rule)"
-            )
-        if ndim == 2:
-            axis = 0
-        elif ndim == 3 and _QKV.search(path):
-            axis = 0
-        else:  # convs (*spatial, C_in, C_out) and the attention out projection
-            axis = -2
+        axis = _default_axis(path, tuple(shape))
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
+        raise TypeError(f"N:M at {path!r}: axis rule gave {axis!r}; an axis is an int")
     if not -ndim <= axis < ndim:
         raise ValueError(f"N:M at {path!r}: axis {axis} out of range for shape {tuple(shape)}")
-    return axis % ndim
+    return int(axis) % ndim
+
+
+def _default_axis(path: str, shape: tuple[int, ...]) -> int:
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(
+            f"N:M at {path!r}: leaf of shape {shape} has no reduction axis "
+            "(need ndim >= 2 or an axis rule)"
+        )
+    if ndim == 2:
+        return 0  # (in, out): y = x @ W contracts `in`
+    if ndim == 3 and _QKV.search(path):
+        return 0  # (in, heads, head_dim)
+    if ndim == 3 and _OUT.search(path):
+        return 1  # (heads, head_dim, out): head_dim is the fastest contracted axis
+    if _CONV.search(path) or (ndim == 4 and _KERNEL.search(path)):
+        return ndim - 2  # (*spatial, C_in, C_out)
+    bare = path == "<array>"
+    rule = "axis=AXIS" if bare else f"axis_rules=[({_rule_regex(path)!r}, AXIS)]"
+    raise ValueError(
+        f"N:M at {path!r}: cannot tell the reduction axis of a {ndim}-D "
+        f"{'array' if bare else 'leaf'} of shape {shape} (known: 2-D (in, out) kernels, "
+        "'<conv>/kernel' (*spatial, C_in, C_out), 4-D 'kernel' HWIO, attention "
+        "'query|key|value/kernel' (in, heads, head_dim) and 'out/kernel' (heads, head_dim, out)); "
+        f"give it: {rule}, AXIS = the fastest contracted axis of the GEMM"
+        f"{' (or path= with a known kernel name)' if bare else ''}"
+    )
+
+
+def _rule_regex(path: str) -> str:
+    return re.escape(path) + "$"
 
 
 def _group_keep(key: jax.Array, n: int, m: int, axis: int, valid: jax.Array | None = None):
@@ -214,10 +264,12 @@ def nm_keep(
         raise ValueError(f"N:M at {path!r}: axis {axis} out of range for shape {scores.shape}")
     axis %= scores.ndim
     _check_divisible(path, scores.shape, axis, m, pad)
-    if valid is not None and np.shape(valid) != scores.shape:
-        raise ValueError(
-            f"N:M at {path!r}: mask shape {np.shape(valid)} != score shape {scores.shape}"
-        )
+    if valid is not None:
+        masks_lib.validate_leaf(path, scores, valid, where="N:M")
+        if np.shape(valid) != scores.shape:
+            raise ValueError(
+                f"N:M at {path!r}: mask shape {np.shape(valid)} != score shape {scores.shape}"
+            )
     return _nm_keep_jit(scores, valid, n, m, axis, magnitude)
 
 
@@ -415,7 +467,9 @@ def is_nm(
     An entry counts as kept when it is nonzero (``True`` for masks). Hardware needs *at most*
     ``n`` kept per group (``exact=False``); ``exact=True`` demands exactly ``n``. Leaves that
     cannot be grouped (axis length not divisible by ``m``) are reported with an error naming
-    the path and shape. Non-prunable leaves (``rules``; scalar mask leaves) are skipped.
+    the path and shape. Non-prunable leaves (``rules``; scalar mask leaves) are skipped. Every
+    leaf is checked along its true reduction axis (:func:`reduction_axis`, ``axis_rules``): a
+    leaf whose axis is unknown raises a ``ValueError`` naming it, never a guess.
 
     >>> w = jnp.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 0.0]])
     >>> is_nm({"kernel": w}, 2, 4).ok

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsparse import masks as masks_lib
 from jaxsparse.nm import _check_nm, _group_keep, nm_mask, reduction_axis
 
 
@@ -81,8 +82,10 @@ def compress(
     Args:
       w: the dense kernel.
       n, m: structure; axis: reduction axis (default :func:`jaxsparse.nm.reduction_axis`).
-      mask: kept entries, at most ``n`` per group (a group with more keeps its ``n`` lowest
-        indices); groups with fewer fill their slots with zeros at the lowest free positions.
+      mask: kept entries (bool, ``w``'s shape), at most ``n`` per group: a mask with more in a
+        group is refused (``ValueError`` naming the group), never silently cut (checked when
+        the mask is concrete; under ``jit`` such a group keeps its ``n`` lowest indices).
+        Groups with fewer fill their slots with zeros at the lowest free positions.
       path: for error messages.
 
     Returns:
@@ -97,16 +100,34 @@ def compress(
     if axis is None:
         axis = reduction_axis(path, w.shape)
     axis %= w.ndim
-    if mask is None:
-        mask = nm_mask(w, n, m, axis=axis, path=path)
-    elif np.shape(mask) != w.shape:
-        raise ValueError(f"compress at {path!r}: mask shape {np.shape(mask)} != {w.shape}")
     if w.shape[axis] % m:
         raise ValueError(
             f"compress at {path!r}: dimension {axis} of shape {w.shape} is not divisible by m={m}"
         )
+    if mask is None:
+        mask = nm_mask(w, n, m, axis=axis, path=path)
+    else:
+        masks_lib.validate_leaf(path, w, mask, where="compress")
+        if np.shape(mask) != w.shape:
+            raise ValueError(f"compress at {path!r}: mask shape {np.shape(mask)} != {w.shape}")
+        _check_at_most_n(mask, n, m, axis, path)
     values, indices = _compress_jit(w, jnp.asarray(mask, bool), n, m, axis)
     return NMCompressed(values, indices, w.shape, axis, n, m)
+
+
+def _check_at_most_n(mask: Any, n: int, m: int, axis: int, path: str) -> None:
+    if isinstance(mask, jax.core.Tracer):
+        return  # traced: the values cannot be checked
+    g = np.moveaxis(np.asarray(mask), axis, -1)
+    counts = g.reshape(g.shape[:-1] + (-1, m)).sum(-1)
+    bad = np.argwhere(counts > n)
+    if len(bad):
+        first = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"compress at {path!r}: the mask is not {n}:{m} along axis {axis}: {len(bad)} of "
+            f"{counts.size} groups keep more than {n} (first: group {first} keeps "
+            f"{int(counts[first])}); compressing it would drop kept weights. Build the mask "
+            f"with nm_mask / nm_masks or check it with is_nm")
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))

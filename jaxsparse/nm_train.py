@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse import rules as rules_lib
-from jaxsparse.nm import NM, AxisRules, _check_nm, nm_mask
+from jaxsparse.nm import NM, AxisRules, _check_nm, nm_mask, reduction_axis
 
 PyTree = Any
 
@@ -219,6 +219,24 @@ def _blocks(x: jax.Array, m: int, axes: tuple[int, int]):
     return b, unblock
 
 
+def _transposable_axes(path: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    ndim = len(shape)
+    if ndim == 2:
+        return (0, 1)
+    if ndim == 4:
+        return (2, 3)  # HWIO: C_in, C_out
+    try:
+        k = reduction_axis(path, shape)
+    except ValueError:
+        k = None
+    if k != ndim - 2:
+        raise ValueError(
+            f"transposable mask at {path!r}: cannot tell the two GEMM axes of a {ndim}-D "
+            f"{'array' if path == '<array>' else 'leaf'} of shape {tuple(shape)}; pass "
+            "axes=(K, N): the forward reduction axis and the axis the transposed GEMM reduces")
+    return (ndim - 2, ndim - 1)
+
+
 def transposable_mask(
     w: jax.Array,
     n: int = 2,
@@ -231,8 +249,10 @@ def transposable_mask(
     """N:M mask valid for both ``W`` (groups along ``axes[0]``) and ``W^T`` (along ``axes[1]``).
 
     Args:
-      w: a kernel; default ``axes`` are ``(0, 1)`` for Dense ``(in, out)`` and ``(-2, -1)``
-        (``C_in``, ``C_out``) for convs.
+      w: a kernel; default ``axes`` are ``(0, 1)`` for a 2-D Dense ``(in, out)`` and
+        ``(-2, -1)`` (``C_in``, ``C_out``) for a 4-D HWIO array or any leaf whose
+        :func:`jaxsparse.nm.reduction_axis` (from ``path``) is ``-2`` (convs, the attention
+        output projection). Any other shape needs ``axes=`` (an error says so, never a guess).
       n, m: keep ``n`` per group of ``m`` in both orientations.
       method: ``"exact"`` picks, per ``m x m`` block, the max-magnitude pattern among all
         :func:`transposable_patterns` (ties -> lowest pattern index; ``m <= 5``);
@@ -252,7 +272,7 @@ def transposable_mask(
     if w.ndim < 2:
         raise ValueError(f"transposable mask at {path!r}: need ndim >= 2, got shape {w.shape}")
     if axes is None:
-        axes = (0, 1) if w.ndim == 2 else (w.ndim - 2, w.ndim - 1)
+        axes = _transposable_axes(path, w.shape)
     axes = tuple(a % w.ndim for a in axes)
     for a in axes:
         if w.shape[a] % m:

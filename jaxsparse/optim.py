@@ -2,7 +2,10 @@
 
 ``masked(tx)`` wraps any optax transformation; masks are passed at update time
 (``tx.update(grads, state, params, masks=masks)``), never stored in the optimizer state, so
-rewinding, checkpointing and vmap treat them like params.
+rewinding, checkpointing and vmap treat them like params. The masks are checked where they
+enter (``jaxsparse.masks.validate``: bool, the params' exact shapes, never broadcast). Flax:
+``nnx.Optimizer(model, masked(tx), wrt=nnx.Param)`` then ``optimizer.update(model, grads,
+masks=masks)``; a Linen ``TrainState`` steps with :func:`masked_apply_gradients`.
 
 >>> tx = masked(optax.adamw(1e-3, weight_decay=1e-4))
 >>> params = {"w": jnp.array([1.0, 0.0])}
@@ -26,9 +29,7 @@ from jaxsparse import masks as masks_lib
 PyTree = Any
 
 
-def _zero_pruned(tree: PyTree, masks: PyTree, what: str) -> PyTree:
-    masks_lib._check_structure(tree, masks, names=(what, "masks"))
-
+def _zero_pruned(tree: PyTree, masks: PyTree) -> PyTree:
     def one(x, m):
         if x is None or not masks_lib.is_prunable(m):
             return x
@@ -65,10 +66,15 @@ def masked(tx: optax.GradientTransformation) -> optax.GradientTransformationExtr
 
     def update_fn(updates, state, params=None, *, masks=None, **extra_args):
         if masks is None:
-            raise TypeError("masked(tx).update needs the current masks: update(..., masks=masks)")
-        updates = _zero_pruned(updates, masks, "updates")
+            raise TypeError(
+                "masked(tx).update needs the current masks: tx.update(grads, opt_state, params, "
+                "masks=masks). nnx.Optimizer: optimizer.update(model, grads, masks=masks); Linen "
+                "TrainState (apply_gradients cannot pass them): "
+                "jaxsparse.optim.masked_apply_gradients(state, grads=grads, masks=masks)")
+        masks_lib.validate(updates, masks, where="masked(tx).update", names=("updates", "masks"))
+        updates = _zero_pruned(updates, masks)
         updates, state = inner.update(updates, state, params, **extra_args)
-        return _zero_pruned(updates, masks, "updates"), state
+        return _zero_pruned(updates, masks), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -114,6 +120,7 @@ def reset_moments(
     """
     if where not in ("pruned", "kept"):
         raise ValueError(f"where must be 'pruned' or 'kept', got {where!r}")
+    masks_lib.validate(None, masks, where="reset_moments")
     m_def = jax.tree_util.tree_structure(masks)
     keep = masks if where == "pruned" else masks_lib.invert(masks)
 
@@ -122,7 +129,44 @@ def reset_moments(
 
     def visit(x: Any) -> Any:
         if is_buffer(x):
-            return _zero_pruned(x, keep, "optimizer buffer")
+            return _zero_pruned(x, keep)
         return x
 
     return jax.tree.map(visit, opt_state, is_leaf=is_buffer)
+
+
+def masked_apply_gradients(state: Any, *, grads: PyTree, masks: PyTree, **kwargs: Any) -> Any:
+    """``state.apply_gradients(grads=grads)`` for a Flax Linen ``TrainState`` with masks.
+
+    ``TrainState.apply_gradients`` calls ``tx.update(grads, opt_state, params)`` and has no way to
+    pass ``masks=``, so a ``TrainState`` built with ``tx=jaxsparse.masked(...)`` cannot use it.
+    This does the same step with the masks: ``tx.update(..., masks=masks)``,
+    ``optax.apply_updates``, ``step + 1``, and ``state.replace(**kwargs)`` for other fields.
+    Works for any ``flax.struct`` dataclass with ``params``, ``opt_state``, ``tx``, ``step``
+    fields (subclasses of ``TrainState`` included). Jit-able.
+
+    Args:
+      state: a ``flax.training.train_state.TrainState`` whose ``tx`` is :func:`masked`.
+      grads: gradients with the structure of ``state.params``.
+      masks: bool masks with the structure of ``state.params``.
+      **kwargs: other fields to replace (e.g. ``batch_stats=...``).
+
+    Returns:
+      The new state.
+
+    >>> from flax.training import train_state
+    >>> params = {"w": jnp.array([1.0, 0.0])}
+    >>> masks = {"w": jnp.array([True, False])}
+    >>> st = train_state.TrainState.create(apply_fn=None, params=params,
+    ...                                    tx=masked(optax.sgd(0.5)))
+    >>> st = masked_apply_gradients(st, grads={"w": jnp.ones(2)}, masks=masks)
+    >>> st.params["w"], int(st.step)
+    (Array([0.5, 0. ], dtype=float32), 1)
+    """
+    for field in ("params", "opt_state", "tx", "step"):
+        if not hasattr(state, field):
+            raise TypeError(f"masked_apply_gradients needs a TrainState-like state with a "
+                            f"{field!r} field, got {type(state).__name__}")
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, masks=masks)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, **kwargs)

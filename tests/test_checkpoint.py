@@ -1,4 +1,4 @@
-"""Orbax wrapper: round trip of a full TrainState, keep-N, stale temporaries, zeros on disk."""
+"""Orbax wrapper: round trip, keep-N, stale temporaries, zeros on disk, corruption and fall-back."""
 
 import os
 
@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import jaxsparse
 from jaxsparse import checkpoint, data, models, train
@@ -83,3 +84,64 @@ def test_pruned_weights_are_exactly_zero_in_every_saved_checkpoint(tmp_path):
             assert mask.sum() < mask.size  # something is pruned here
             assert np.all(kernel[~mask] == 0.0)
             assert np.all(kernel[mask] != 0.0)
+
+
+def _truncate_largest_file(step_dir):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+    with open(max(files, key=os.path.getsize), "r+b") as f:
+        f.truncate(64)
+
+
+def test_corrupt_latest_falls_back_to_the_previous_kept_step_with_a_warning(tmp_path):
+    st = _state()
+    ck = checkpoint.Checkpointer(str(tmp_path), keep=2)
+    for step in (1, 2):
+        ck.save(step, st._replace(step=jnp.int32(step)), metadata={"at": step})
+    ck.wait()
+    _truncate_largest_file(tmp_path / "2")
+    with pytest.warns(UserWarning, match=r"/2 is corrupt or truncated.*moved it to .*/2\.corrupt;"
+                                         r" falling back to step 1"):
+        restored, meta = ck.restore(target=st)
+    _assert_same(restored, st._replace(step=jnp.int32(1)))
+    assert meta == {"at": 1}
+    # the bad step is set aside (kept for inspection), so step 2 can be written again
+    assert ck.all_steps() == [1] and (tmp_path / "2.corrupt").is_dir()
+    ck.save(2, st._replace(step=jnp.int32(2)), metadata={"at": 2})
+    ck.wait()
+    assert ck.restore(target=st)[1] == {"at": 2}
+    ck.close()
+
+
+def test_silent_bit_flips_are_caught_by_the_crc(tmp_path):
+    st = {"w": jnp.arange(1000.0), "b": jnp.ones(3)}
+    checkpoint.save(str(tmp_path), 1, st)
+    checkpoint.save(str(tmp_path), 2, st)
+    data_dir = tmp_path / "1" / "tree" / "ocdbt.process_0" / "d"  # the array chunks
+    files = [os.path.join(data_dir, f) for f in os.listdir(data_dir)]
+    path = max(files, key=os.path.getsize)
+    with open(path, "rb") as f:
+        raw = bytearray(f.read())
+    raw[len(raw) // 2] ^= 0x01  # orbax alone restores this without complaint
+    with open(path, "wb") as f:
+        f.write(raw)
+    with pytest.raises(checkpoint.CheckpointError, match=r"/1 is corrupt: leaf \d+ .* CRC-32"):
+        checkpoint.restore(str(tmp_path), target=st, step=1)
+
+
+def test_fit_resumes_from_the_previous_checkpoint_when_the_latest_is_corrupt(tmp_path):
+    """A run killed right after a bad write: resume falls back one checkpoint and still ends
+    bitwise where an uninterrupted run ends."""
+    ds = data.digits()
+    fn = models.functional(models.lenet300(key=jax.random.key(0), input_shape=(8, 8, 1),
+                                           hidden=(16, 8)))
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = train.init_state(fn.params, tx, key=jax.random.key(2))
+    kw = dict(num_steps=30, batch_size=30, eval_every=10)
+    full = train.fit(fn.apply_fn, tx, state, ds, **kw)
+    ck = str(tmp_path / "ck")
+    train.fit(fn.apply_fn, tx, state, ds, checkpoint_dir=ck, keep=2, **{**kw, "num_steps": 20})
+    _truncate_largest_file(os.path.join(ck, "20"))
+    with pytest.warns(UserWarning, match=r"ck/20 is corrupt.*falling back to step 10"):
+        resumed = train.fit(fn.apply_fn, tx, state, ds, checkpoint_dir=ck, keep=2, **kw)
+    _assert_same(resumed.state, full.state)
+    np.testing.assert_equal(resumed.history, full.history)

@@ -182,3 +182,22 @@ def test_augment_cifar_is_a_flip_and_crop_of_the_padded_image():
     np.testing.assert_array_equal(a, out)  # deterministic in the key
     assert data.augmentation_for("cifar10") is data.augment_cifar
     assert data.augmentation_for("mnist") is None
+
+
+def test_every_dataset_is_validated_and_errors_name_the_file(mnist_dir):
+    d, _, _ = mnist_dir
+    ds = data.digits()
+    data.validate(ds)  # the loaders' datasets pass
+    data.validate(data.synthetic(num_train=20, num_val=0, num_test=10, shape=(4, 4, 1)))
+    # a label beyond MNIST's 10 classes in the IDX labels file: named, with its index
+    _write_idx(d / "train-labels-idx1-ubyte.gz", np.array([0, 1, 2, 3, 4, 12, 6, 7, 8, 9, 0, 1]))
+    with pytest.raises(ValueError, match=r"y_train in .*train-labels-idx1-ubyte\.gz has label 12 "
+                                         r"at index 5, outside \[0, 10\)"):
+        data.load("mnist", data_dir=str(d), val_size=3)
+    # a NaN in an in-memory dataset (e.g. built by a driver): the split and image are named
+    x = ds.test.x.copy()
+    x[7, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"dataset 'digits' from sklearn, split 'test': 1 pixel "
+                                         r"value\(s\) are NaN or inf \(first in image 7\)"):
+        data.Dataset("digits", ds.train, ds.val, data.Split(x, ds.test.y), 10,
+                     source="sklearn")

@@ -27,7 +27,7 @@ def run(tmp_path_factory):
         rewind_to="iteration", rewind_step=10,
         branches=[lottery.reinit_control(), lottery.action_branch("rewind", "frozen")],
         branch_levels=[2], directory=out,
-        on_level=lambda level, p, m: seen.append((level, float(js.density(
+        on_level=lambda level, p, m, ms: seen.append((level, float(js.density(
             jax.tree.map(lambda a: a[0], m))))))
     return res, seen, out
 

@@ -82,3 +82,34 @@ def test_set_operations():
     np.testing.assert_array_equal(js.invert(a)["w"], [False, False, True, True])
     assert bool(js.invert(a)["b"]) and js.invert(a)["b"].shape == ()
     assert M.equal(a, a) and not M.equal(a, b)
+
+
+def test_validate_is_the_one_check_shapes_and_dtypes_under_jit_values_when_concrete():
+    p = {"w": jnp.ones((4, 5)), "b": jnp.ones(5)}
+    good = {"w": jnp.ones((4, 5), bool), "b": jnp.asarray(True)}
+
+    @jax.jit
+    def f(m):
+        M.validate(p, m, where="f")
+        return js.apply_masks(p, m)["w"].sum()
+
+    assert float(f(good)) == 20.0
+    with pytest.raises(TypeError, match=r"f: mask at 'w' has dtype float32"):
+        f({"w": jnp.ones((4, 5)), "b": jnp.asarray(True)})  # dtype: static, checked in jit
+    with pytest.raises(ValueError, match=r"f: mask at 'w' has shape \(1, 5\)"):
+        f({"w": jnp.ones((1, 5), bool), "b": jnp.asarray(True)})  # never broadcast
+    # a traced scalar False cannot be seen under jit; concretely it is refused
+    assert float(f({"w": good["w"], "b": jnp.asarray(False)})) == 20.0
+    with pytest.raises(ValueError, match=r"scalar mask at 'b' is False"):
+        M.validate(p, {"w": good["w"], "b": jnp.asarray(False)})
+    # the mask tree alone (count / report / set operations)
+    M.validate(None, good)
+    with pytest.raises(TypeError, match=r"sparsity: mask at 'w' has dtype float32"):
+        js.sparsity({"w": jnp.full((2, 2), 0.3)})
+
+
+def test_nonzero_pruned_counts_per_leaf():
+    p = {"a": jnp.array([[1.0, 2.0], [0.0, -0.0]]), "b": jnp.ones(2)}
+    m = {"a": jnp.array([[True, False], [False, False]]), "b": jnp.asarray(True)}
+    assert M.nonzero_pruned(p, m) == {"a": 1}  # -0.0 == 0.0 counts as zero
+    assert M.nonzero_pruned(js.apply_masks(p, m), m) == {}

@@ -1,6 +1,8 @@
 """N:M masks: exactness, hardware orientation, validation, prune integration, SR-STE,
 transposable masks, channel permutations."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxsparse
-from jaxsparse import nm, nm_permute, nm_train
+from jaxsparse import nm, nm_export, nm_permute, nm_train
 from jaxsparse.testing import assert_compiles_once
 
 NM_PAIRS = [(1, 2), (1, 4), (2, 4), (3, 4), (4, 8), (2, 8)]
@@ -344,3 +346,54 @@ def test_flax_attention_kernels_are_legal_as_gemm_operands():
     # out: y = o.reshape(heads * head_dim) @ W.reshape(heads * head_dim, out): K = heads*hd
     o = np.asarray(masks["out"]["kernel"]).reshape(16, 16).T  # (out, K)
     assert (o.reshape(16, 4, 4).sum(-1) == 2).all()
+
+
+# ------------------------------------------------------------- the reduction axis is never guessed
+
+
+def test_reduction_axis_known_layers_and_unknown_ones_are_errors():
+    # unambiguous: kept
+    assert nm.reduction_axis("s0b0/conv2/kernel", (3, 3, 16, 16)) == 2
+    assert nm.reduction_axis("s0b0/proj/kernel", (1, 1, 16, 32)) == 2  # 4-D kernel = HWIO
+    assert nm.reduction_axis("Conv_0/kernel", (3, 3, 3, 4, 8)) == 3  # 3-D conv
+    assert nm.reduction_axis("embed/embedding", (10, 4)) == 0
+    # ambiguous: an error naming the leaf, its shape and the rule to add
+    for path, shape in (("attn/wq", (16, 2, 8)), ("proj/kernel", (4, 8, 16)),
+                        ("mlp/kernel", (2, 3, 4, 5, 6)), ("<array>", (3, 3, 8, 4))):
+        with pytest.raises(ValueError, match=re.escape(f"{path!r}") + r".*" +
+                           re.escape(str(shape))):
+            nm.reduction_axis(path, shape)
+    with pytest.raises(ValueError, match=r"axis_rules=\[\('attn/wq\$', AXIS\)\]"):
+        nm.reduction_axis("attn/wq", (16, 2, 8))
+    # the rule the message suggests works
+    assert nm.reduction_axis("attn/wq", (16, 2, 8), [("attn/wq$", 0)]) == 0
+
+
+def test_is_nm_checks_an_einsum_kernel_along_its_true_reduction_axis():
+    """The issue's case: `wq` (in, heads, head_dim) contracts `in`. A mask grouped along
+    `heads` (what a guess of axis -2 gave) is illegal as the GEMM operand; is_nm says so."""
+    w = jax.random.normal(jax.random.key(0), (16, 4, 8))
+    rules = [("wq", 0)]
+    right = nm.nm_masks({"attn": {"wq": w}}, 2, 4, rules=[("wq", True)], axis_rules=rules)
+    wrong = {"attn": {"wq": nm.nm_mask(w, 2, 4, axis=1)}}  # groups along heads
+    operand = np.asarray(right["attn"]["wq"]).reshape(16, 32).T  # (heads*head_dim, K=in)
+    assert (operand.reshape(32, 4, 4).sum(-1) == 2).all()
+    assert nm.is_nm(right, 2, 4, exact=True, rules=[("wq", True)], axis_rules=rules).ok
+    report = nm.is_nm(wrong, 2, 4, rules=[("wq", True)], axis_rules=rules)
+    assert not report.ok and report.rows[0].axis == 0 and report.rows[0].bad_groups > 0
+    bad_operand = np.asarray(wrong["attn"]["wq"]).reshape(16, 32).T
+    assert (bad_operand.reshape(32, 4, 4).sum(-1) > 2).any()  # truly illegal along K
+    with pytest.raises(ValueError, match=r"'attn/wq'.*\(16, 4, 8\)"):
+        nm.is_nm(wrong, 2, 4, rules=[("wq", True)])  # no axis rule: an error, not a guess
+    with pytest.raises(ValueError, match=r"'attn/wq'.*\(16, 4, 8\)"):
+        nm_train.sr_ste({"attn": {"wq": w}}, rules=[("wq", True)])
+
+
+def test_compress_refuses_a_mask_that_is_not_nm_but_takes_fewer_than_n():
+    w = jnp.arange(1.0, 9.0).reshape(8, 1)
+    three = jnp.array([1, 1, 1, 0, 0, 0, 0, 1], bool)[:, None]
+    with pytest.raises(ValueError, match=r"group \(0, 0\) keeps 3"):
+        nm_export.compress(w, 2, 4, mask=three)
+    one = jnp.array([1, 0, 0, 0, 0, 0, 1, 0], bool)[:, None]  # fewer than n is legal
+    np.testing.assert_array_equal(nm_export.decompress(nm_export.compress(w, 2, 4, mask=one)),
+                                  jnp.where(one, w, 0))

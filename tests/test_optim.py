@@ -101,3 +101,22 @@ def test_reset_moments_pruned_and_kept():
     # jit-able
     jr = jax.jit(js.reset_moments)(st, masks)
     np.testing.assert_array_equal(jr[0].mu["out"]["kernel"], r[0].mu["out"]["kernel"])
+
+
+def test_masked_update_validates_masks_where_they_enter():
+    params, masks, loss = setup()
+    tx = js.masked(optax.adam(1e-2))
+    st = tx.init(params)
+    g = jax.grad(loss)(params)
+    path = next(p for p in js.masks.prunable_paths(masks))
+    floats = jax.tree.map(lambda m: m.astype(jnp.float32) if m.ndim else m, masks)
+    with pytest.raises(TypeError, match=rf"masked\(tx\)\.update: mask at '{path}' has dtype "
+                                        "float32"):
+        tx.update(g, st, params, masks=floats)
+    step = jax.jit(lambda g, st, p, m: tx.update(g, st, p, masks=m))
+    with pytest.raises(TypeError, match="float32"):
+        step(g, st, params, floats)  # also under jit (a dtype is static)
+    u, _ = step(g, st, params, masks)
+    for du, m in zip(jax.tree.leaves(u), jax.tree.leaves(masks), strict=True):
+        if m.ndim:
+            assert np.all(np.asarray(du)[~np.asarray(m)] == 0.0)

@@ -36,6 +36,7 @@ import jax
 from flax import linen as nn
 from flax import nnx
 
+from jaxsparse import flax_utils
 from jaxsparse.models.conv import ConvNet, conv2, conv4, conv6
 from jaxsparse.models.lenet import LeNet300, LeNet300Linen, lenet300
 from jaxsparse.models.resnet import ResNet, resnet20
@@ -70,19 +71,8 @@ class Functional(NamedTuple):
     init_fn: Callable[[jax.Array], tuple[PyTree, PyTree]]
 
 
-def _pure(state: Any) -> PyTree:
-    # nnx.to_pure_dict is the newer spelling (flax >= 0.12); State.to_pure_dict on flax 0.11.
-    to_pure = getattr(nnx, "to_pure_dict", None)
-    return to_pure(state) if to_pure is not None else state.to_pure_dict()
-
-
-def _replace(state: Any, pure: PyTree) -> None:
-    # Module-level function on newer flax; a State method on flax 0.10/0.11.
-    fn = getattr(nnx, "replace_by_pure_dict", None)
-    if fn is not None:
-        fn(state, pure)
-    else:
-        state.replace_by_pure_dict(pure)
+_pure = flax_utils.to_pure  # nnx.to_pure_dict (flax >= 0.12) or State.to_pure_dict (0.11)
+_replace = flax_utils.replace_by_pure
 
 
 def _nnx_functional(model: nnx.Module, init: Callable[[jax.Array], nnx.Module] | None):
