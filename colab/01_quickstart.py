@@ -76,6 +76,8 @@ print(f"jax {jax.__version__} | {ACCELERATOR}: {jax.device_count()} x "
       f"{jax.devices()[0].device_kind} | smoke mode: {SMOKE}")
 
 # %%
+import tempfile
+
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
@@ -89,6 +91,8 @@ import jaxsparse.train
 
 STEPS = 60 if SMOKE else 1500  # training iterations per model
 BATCH = 60
+# Everything this notebook writes (the exported model) goes here, never into the cwd.
+OUT_DIR = os.environ.get("JAXSPARSE_OUT") or tempfile.mkdtemp(prefix="jaxsparse_quickstart_")
 
 # scikit-learn's 1,797 real 8x8 handwritten digits: bundled, no download.
 ds = js.data.digits()
@@ -175,8 +179,8 @@ nnx.update(model, params)
 print("model output matches:", bool(jax.numpy.allclose(model(x_test), logits)))
 
 # export_ticket takes plain pytrees: State.to_pure_dict() gives nested dicts of arrays.
-export_dir = js.export_ticket("exported/nnx_mlp", params.to_pure_dict(), masks.to_pure_dict(),
-                              metadata={"test_accuracy": nnx_acc})
+export_dir = js.export_ticket(os.path.join(OUT_DIR, "nnx_mlp"), params.to_pure_dict(),
+                              masks.to_pure_dict(), metadata={"test_accuracy": nnx_acc})
 print(open(os.path.join(export_dir, "density.txt")).read())
 loaded_params, loaded_masks = js.load_ticket(export_dir, like=params)
 same = jax.tree.map(lambda a, b: bool((a == b).all()), loaded_params, params)

@@ -23,9 +23,9 @@
 # higher accuracy than the dense net down to ~10-20% of the weights, while the same masks with
 # a **random re-initialisation** lose accuracy early.
 #
-# Here each IMP level trains the tickets and their random re-initialisation controls (several
-# replicates) as **one vmapped population** on the accelerator, with `jaxsparse.train`'s
-# compiled-scan chunks and `jaxsparse.lottery.prune_and_rewind`.
+# Here `jaxsparse.lottery.imp` runs the whole experiment from the public API: every IMP level
+# trains the tickets and their random re-initialisation controls (several replicates) as
+# **one population** on the accelerator, with the one trainer (`jaxsparse.train.Trainer`).
 #
 # Data: MNIST when it can be had (a local copy or a prepared tensorflow-datasets directory,
 # else downloaded when online), otherwise scikit-learn's bundled 8x8 digits (offline).
@@ -81,25 +81,28 @@ print(f"jax {jax.__version__} | {ACCELERATOR}: {jax.device_count()} x "
       f"{jax.devices()[0].device_kind} | smoke mode: {SMOKE}")
 
 # %%
+import tempfile
 import time
 
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
 import jaxsparse as js
 import jaxsparse.data
+import jaxsparse.lottery
 import jaxsparse.models
-import jaxsparse.train
 
 if SMOKE:  # seconds on a laptop CPU: digits, 3 levels, fast pruning so the levels spread out
-    LEVELS, ITERATIONS, EVAL_EVERY, REPLICATES = 3, 100, 50, 1
+    LEVELS, ITERATIONS, EVAL_EVERY, REPLICATES = 3, 100, 50, 2
     RATES = [("head", 0.2), (".*", 0.5)]  # fraction of the *remaining* weights pruned per level
 else:  # the paper's rates; 15 levels reach 3.5% of the hidden weights
     LEVELS, ITERATIONS, EVAL_EVERY, REPLICATES = 15, 5000, 500, 2
     RATES = [("head", 0.1), (".*", 0.2)]
 BATCH, LEARNING_RATE = 60, 1.2e-3  # the paper's Adam settings for LeNet-300-100
+# Everything this notebook writes (checkpoints, the exported ticket) goes here.
+OUT_DIR = os.environ.get("JAXSPARSE_OUT") or tempfile.mkdtemp(prefix="jaxsparse_lottery_")
+print("outputs under", OUT_DIR)
 
 # %% [markdown]
 # ## Data
@@ -152,129 +155,86 @@ def get_data():
 
 ds = get_data()
 print(f"{ds.name}: train {ds.train.x.shape}, val {len(ds.val.y)}, test {len(ds.test.y)}")
-x_train, y_train = jnp.asarray(ds.train.x), jnp.asarray(ds.train.y)
-x_val, y_val = jnp.asarray(ds.val.x), jnp.asarray(ds.val.y)
-x_test, y_test = jnp.asarray(ds.test.x), jnp.asarray(ds.test.y)
 
 # %% [markdown]
-# ## Model, optimizer, compiled population training
+# ## The experiment: `js.lottery.imp`
 #
-# `js.models.functional` turns the NNX LeNet-300-100 into pure functions on dicts;
-# `init_fn` is the paper's Glorot-normal initialisation, vmappable over keys.
-# A population member is one `TrainState`; `jax.vmap` over the leading axis trains them all
-# in one compiled `lax.scan` per evaluation interval.
+# The library's IMP loop runs levels x replicates x branches on the one trainer
+# (`js.train.Trainer`): level 0 trains the dense replicates; each later level prunes the
+# trained weights by `plan` (20%/10% of what remains, by magnitude, exact counts) and rewinds
+# the survivors to their initial values. At every level the **random re-initialisation**
+# control (`reinit_control()`: the same masks, a fresh init) trains from the same level. The
+# replicates are ONE population: every training chunk is one compiled program over all of
+# them, sharded over the devices. With `directory=` every run is checkpointed: rerunning the
+# cell resumes where it stopped.
+#
+# `js.models.functional` turns the NNX LeNet-300-100 into pure functions on dicts; `init_fn`
+# is the paper's Glorot-normal initialisation, vmappable over keys.
 
 # %%
 fn = js.models.functional(js.models.lenet300(key=jax.random.key(0),
                                              input_shape=ds.input_shape,
                                              num_classes=ds.num_classes))
-tx = optax.adam(LEARNING_RATE)
-chunk = jax.jit(jax.vmap(js.train.make_train_chunk(fn.apply_fn, tx, batch_size=BATCH,
-                                                   num_steps=EVAL_EVERY),
-                         in_axes=(0, None, None)))
-evaluate = jax.jit(jax.vmap(js.train.make_eval(fn.apply_fn), in_axes=(0, 0, 0, None, None)))
-new_states = jax.jit(jax.vmap(lambda p, m, k: js.train.init_state(p, tx, key=k, masks=m)))
+tickets = {}  # level -> (starting weights, masks) of every replicate's ticket
 
 
-def train_population(params, masks, key):
-    """Trains every member; returns final params and test accuracy at the early-stop point."""
-    states = new_states(params, masks, jax.random.split(key, len(jax.tree.leaves(masks)[0])))
-    val_losses, test_accs, steps = [], [], []
-    for step in range(0, ITERATIONS + 1, EVAL_EVERY):
-        if step:
-            states, _ = chunk(states, x_train, y_train)
-        val = evaluate(states.params, states.model_state, states.masks, x_val, y_val)
-        test = evaluate(states.params, states.model_state, states.masks, x_test, y_test)
-        val_losses.append(np.asarray(val["loss"]))
-        test_accs.append(np.asarray(test["accuracy"]))
-        steps.append(step)
-    best = np.argmin(np.stack(val_losses), axis=0)  # early stop: minimum validation loss
-    members = np.arange(len(best))
-    return (states.params, np.stack(test_accs)[best, members], np.asarray(steps)[best],
-            np.stack(test_accs))
-
-
-# %% [markdown]
-# ## Iterative magnitude pruning
-#
-# Level 0 trains the dense replicates. Each later level prunes the trained tickets
-# (`prune_and_rewind`: 20%/10% of what remains, by magnitude, exact counts) and rewinds the
-# survivors to the init; the control gets the same masks with a fresh random init
-# (`rewind(..., action="reinit")`). Tickets and controls train together as one population.
-
-# %%
-plan = js.lottery.Plan(rates=RATES)
-# 2 x REPLICATES dense nets at level 0 (the same population size as every later level, so
-# everything compiles once): the first half are the tickets' lineage and their init is the
-# rewind point; the second half are more dense replicates.
-init_params, _ = jax.vmap(fn.init_fn)(jax.random.split(jax.random.key(1), 2 * REPLICATES))
-masks = jax.vmap(js.ones_like)(init_params)
-prune_and_rewind = jax.jit(jax.vmap(lambda final, init, m: js.lottery.prune_and_rewind(
-    final, init, m, plan=plan)))
-reinit = jax.jit(jax.vmap(lambda init, m, k: js.lottery.rewind(
-    init, m, action="reinit", key=k, init_fn=lambda kk: fn.init_fn(kk)[0])))
-
-
-def first_half(tree):
-    return jax.tree.map(lambda x: x[:REPLICATES], tree)
-
-
-def concat(a, b):
-    return jax.tree.map(lambda u, v: jnp.concatenate([u, v]), a, b)
+def keep_ticket(level, params, masks, model_state):
+    tickets[level] = (params, masks)  # (LeNet has no batch-norm statistics to keep)
 
 
 t0 = time.time()
-params, acc, stop, _ = train_population(init_params, masks, jax.random.key(2))
-final_params, init_params, masks = first_half(params), first_half(init_params), first_half(masks)
-results = [dict(level=0, remaining=100.0, ticket=acc, reinit=acc, ticket_stop=stop,
-                reinit_stop=stop)]  # one row per level; dense: all 2R replicates for both
-print(f"level  0: 100.0% remaining | test acc dense {acc.mean():.4f} | {time.time() - t0:.0f}s")
-for level in range(1, LEVELS + 1):
-    masks, ticket_start = prune_and_rewind(final_params, init_params, masks)
-    control_start = reinit(init_params, masks,
-                           jax.random.split(jax.random.key(100 + level), REPLICATES))
-    population = concat(ticket_start, control_start)
-    params, acc, stop, _ = train_population(population, concat(masks, masks),
-                                                jax.random.key(2 + level))
-    final_params = first_half(params)
-    remaining = 100 * float(js.density(jax.tree.map(lambda m: m[0], masks)))
-    results.append(dict(level=level, remaining=remaining, ticket=acc[:REPLICATES],
-                        reinit=acc[REPLICATES:], ticket_stop=stop[:REPLICATES],
-                        reinit_stop=stop[REPLICATES:]))
-    print(f"level {level:2d}: {remaining:5.1f}% remaining | test acc ticket "
-          f"{acc[:REPLICATES].mean():.4f} reinit {acc[REPLICATES:].mean():.4f} "
-          f"| {time.time() - t0:.0f}s")
-
-print(js.report(jax.tree.map(lambda m: m[0], masks)))
+results = js.lottery.imp(
+    fn.apply_fn, fn.init_fn, ds, plan=js.lottery.Plan(rates=RATES), levels=LEVELS,
+    tx=js.masked(optax.adam(LEARNING_RATE)), num_steps=ITERATIONS, batch_size=BATCH,
+    eval_every=EVAL_EVERY, key=jax.random.key(1), replicates=REPLICATES,
+    branches=[js.lottery.reinit_control()], directory=os.path.join(OUT_DIR, "imp"),
+    on_level=keep_ticket,
+    on_result=lambda r: print(f"level {r['level']:2d} {r['branch']:>7s}: "
+                              f"{100 * np.mean(r['density']):5.1f}% remaining | test acc at "
+                              f"early stop {np.mean(r['early_stop_test_accuracy']):.4f} | "
+                              f"{time.time() - t0:.0f}s"))
+print(js.report(jax.tree.map(lambda m: m[0], tickets[LEVELS][1])))
 
 # %% [markdown]
 # ## Results
 #
 # Test accuracy at the early-stop iteration (minimum validation loss), mean over replicates
-# (error bars: min/max), against the fraction of weights remaining. With few iterations (smoke
-# mode, or the small digits set) the validation loss is still falling when training stops,
-# so the early-stop iteration sits at the end and the right panel is flat.
+# (error bars: sample standard deviation), against the fraction of weights remaining; the
+# dense level is shared by both lines. With few iterations (smoke mode, or the small digits
+# set) the validation loss is still falling when training stops, so the early-stop iteration
+# sits at the end (open markers: at the step cap) and the right panel is flat.
 
 # %%
-remaining = np.array([r["remaining"] for r in results])
+def series(name, key):
+    rows = [r for r in results if r["branch"] in (name, "ticket") and
+            (r["branch"] == name or r["level"] == 0)]
+    rows = sorted(rows, key=lambda r: r["level"])
+    x = np.array([100 * np.mean(r["density"]) for r in rows])
+    v = [np.asarray(r[key], np.float64) for r in rows]
+    sd = np.array([a.std(ddof=1) if a.size > 1 else 0.0 for a in v])
+    return x, np.array([a.mean() for a in v]), sd
+
+
+cap = ITERATIONS  # an early stop at the last evaluation: the validation loss still fell
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 for name, style in (("ticket", "o-"), ("reinit", "s--")):
-    acc = [np.asarray(r[name]) for r in results]  # level 0 has 2R dense replicates
-    mean = np.array([a.mean() for a in acc])
-    spread = [mean - np.array([a.min() for a in acc]), np.array([a.max() for a in acc]) - mean]
-    stop = np.array([np.mean(r[f"{name}_stop"]) for r in results])
     label = "winning ticket (rewind to init)" if name == "ticket" else "random re-init"
-    axes[0].errorbar(remaining, mean, yerr=spread, fmt=style, capsize=3, label=label)
-    axes[1].plot(remaining, stop, style, label=label)
-for ax, ylabel in zip(axes, ("test accuracy at early stop", "early-stop iteration"),
-                      strict=True):
+    x, mean, sd = series(name, "early_stop_test_accuracy")
+    axes[0].errorbar(x, mean, yerr=sd, fmt=style, capsize=3, label=label)
+    x, stop, _ = series(name, "early_stop_step")
+    axes[1].plot(x, stop, style, label=label)
+    axes[1].plot(x[stop >= cap], stop[stop >= cap], "o", mfc="none", ms=11, color="gray")
+axes[1].axhline(cap, color="gray", ls=":", lw=0.8, label=f"step cap ({cap})")
+for ax, ylabel in zip(axes, ("test accuracy at early stop (± sample std)",
+                             "early-stop iteration"), strict=True):
+    ticks = sorted({100 * np.mean(r["density"]) for r in results}, reverse=True)
     ax.set_xscale("log")
     ax.minorticks_off()
-    ax.set_xticks(remaining, [f"{r:.3g}" for r in remaining], rotation=45)
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], rotation=45)
     ax.invert_xaxis()
     ax.set(xlabel="percent of weights remaining", ylabel=ylabel)
     ax.legend()
-axes[0].set_title(f"LeNet-300-100 on {ds.name}")
+axes[0].set_title(f"LeNet-300-100 on {ds.name}, {REPLICATES} replicates")
 plt.tight_layout()
 plt.show()
 
@@ -285,10 +245,12 @@ plt.show()
 # back with `js.load_ticket(dir, like=fn.params)`.
 
 # %%
-ticket_params = jax.tree.map(lambda p: p[0], ticket_start)
-ticket_masks = jax.tree.map(lambda m: m[0], masks)
-out = js.export_ticket("tickets/lenet300", ticket_params, ticket_masks,
+ticket_params = jax.tree.map(lambda p: p[0], tickets[LEVELS][0])
+ticket_masks = jax.tree.map(lambda m: m[0], tickets[LEVELS][1])
+last = [r for r in results if r["level"] == LEVELS and r["branch"] == "ticket"][0]
+out = js.export_ticket(os.path.join(OUT_DIR, "tickets", "lenet300"), ticket_params,
+                       ticket_masks,
                        metadata={"dataset": ds.name, "level": LEVELS,
-                                 "test_accuracy": float(results[-1]["ticket"][0])})
+                                 "test_accuracy": float(last["early_stop_test_accuracy"][0])})
 loaded, loaded_masks = js.load_ticket(out, like=fn.params)
 print(out, "| reloaded density", float(js.density(loaded_masks)))

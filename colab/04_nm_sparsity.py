@@ -81,6 +81,8 @@ print(f"jax {jax.__version__} | {ACCELERATOR}: {jax.device_count()} x "
       f"{jax.devices()[0].device_kind} | smoke mode: {SMOKE}")
 
 # %%
+import tempfile
+
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
@@ -218,4 +220,7 @@ print(f"nm_matmul vs dense masked matmul: max abs difference {err:.2e}")
 # Sparse tensor cores run 2:4 on 16-bit (and 8-bit) operands; float32 (tf32) is 1:2 there.
 values, meta = js.export_cutlass(np.asarray(kernel, np.float16), path="fc0/kernel")
 print("CUTLASS layout: values", values.shape, values.dtype, "| meta", meta.shape, meta.dtype)
-np.savez("fc0_2to4_cutlass.npz", values=values, meta=meta)
+# Written to a temporary directory (JAXSPARSE_OUT to choose one), never into the cwd.
+OUT_DIR = os.environ.get("JAXSPARSE_OUT") or tempfile.mkdtemp(prefix="jaxsparse_nm_")
+np.savez(os.path.join(OUT_DIR, "fc0_2to4_cutlass.npz"), values=values, meta=meta)
+print("saved", os.path.join(OUT_DIR, "fc0_2to4_cutlass.npz"))

@@ -165,32 +165,24 @@ for shard in kernel.addressable_shards[:4]:
 # %% [markdown]
 # ## Train: one compiled program for the whole grid
 #
-# `js.train.make_train_chunk` is `EVAL_EVERY` steps of one member as a `lax.scan`; the
-# population map runs every member at once on its device. The data is shared (`None`).
+# The one trainer, `js.train.Trainer`, trains a single model or, given a stacked state like
+# this one, the whole population: each chunk of `EVAL_EVERY` steps is ONE compiled program
+# over every member, laid out over the mesh (`population_map` inside; the data is shared),
+# and every evaluation likewise. `result.history[metric]` holds one list of per-member
+# values per evaluation.
 
 # %%
-chunk = js.sweep.population_map(
-    js.train.make_train_chunk(fn.apply_fn, tx, batch_size=60, num_steps=EVAL_EVERY),
-    in_axes=(0, None, None), mesh=mesh)
-eval_fn = js.train.make_eval(fn.apply_fn)
-# LeNet has no batch-norm statistics: its model_state is an empty dict, shared by all members
-# (population_map needs every member-axis argument to have at least one array leaf).
-evaluate = js.sweep.population_map(
-    lambda params, masks, x, y: eval_fn(params, fn.model_state, masks, x, y),
-    in_axes=(0, 0, None, None), mesh=mesh)
-x_train, y_train = jnp.asarray(ds.train.x), jnp.asarray(ds.train.y)
-x_test, y_test = jnp.asarray(ds.test.x), jnp.asarray(ds.test.y)
-
-history = {"step": [], "test_accuracy": []}
+trainer = js.train.Trainer(fn.apply_fn, tx, batch_size=60, mesh=mesh)
 t0 = time.time()
-for step in range(0, STEPS + 1, EVAL_EVERY):
-    if step:
-        states, _ = chunk(states, x_train, y_train)
-    metrics = evaluate(states.params, states.masks, x_test, y_test)
-    history["step"].append(step)
-    history["test_accuracy"].append(np.asarray(metrics["accuracy"]))
-    print(f"step {step:5d}: mean test accuracy {history['test_accuracy'][-1].mean():.4f} "
+
+
+def show(step, record):
+    print(f"step {step:5d}: mean test accuracy {np.mean(record['test_accuracy']):.4f} "
           f"({time.time() - t0:.1f}s)")
+
+
+result = trainer.fit(states, ds, num_steps=STEPS, eval_every=EVAL_EVERY, callback=show)
+states, history = result.state, result.history
 print(f"{len(members)} members x {STEPS} steps on {DEVICES} {ACCELERATOR} devices: "
       f"{time.time() - t0:.1f}s (compilation included)")
 
@@ -202,12 +194,14 @@ print("pruned weights that became nonzero during training:", pruned_nonzero)
 # ## Results
 
 # %%
-final = history["test_accuracy"][-1].reshape(len(SPARSITIES), len(SEEDS))
-curves = np.stack(history["test_accuracy"])  # [evaluations, members]
+final = np.asarray(history["test_accuracy"][-1]).reshape(len(SPARSITIES), len(SEEDS))
+curves = np.asarray(history["test_accuracy"])  # [evaluations, members]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 density = 1 - np.asarray(SPARSITIES)
-axes[0].errorbar(100 * density, final.mean(1), yerr=final.std(1), marker="o", capsize=3)
-axes[0].set(xscale="log", xlabel="percent of weights remaining", ylabel="final test accuracy",
+axes[0].errorbar(100 * density, final.mean(1), yerr=final.std(1, ddof=1), marker="o",
+                 capsize=3)
+axes[0].set(xscale="log", xlabel="percent of weights remaining",
+            ylabel="final test accuracy (± sample std over seeds)",
             title=f"{len(members)} members on {DEVICES} {ACCELERATOR} devices")
 axes[0].minorticks_off()
 axes[0].set_xticks(100 * density, [f"{100 * d:.3g}" for d in density])

@@ -4,37 +4,31 @@
     python -m experiments.lottery --config experiments/configs/frankle2019_lenet300.py \\
         --data-file /path/mnist_subset_6k.npz --set num_steps=5000 --levels 8
 
-Level 0 trains the dense network; level ``l >= 1`` prunes the trained weights of level
-``l - 1`` with the config's plan (layerwise rates or a global rate, a criterion) and restarts
-from the rewind point (``jaxsparse.lottery.prune_and_rewind``). The ``replicates`` are ONE
-population: every training chunk and evaluation is one compiled program over all of them,
-sharded over every device (``jaxsparse.sweep.population_map``; on a CPU-only machine up to
-one device per core, ``--cpu-devices``), and pruning is ``jax.vmap``-ed. At every level >= 1 the
-configured *branches* (controls) train from the same level: random re-initialisation of the
-ticket's mask, random pruning with the ticket's per-layer counts, other criteria, other
-mask-1 / mask-0 actions (``jaxsparse.lottery.branch_start``), through the same training
-function as the ticket.
+A thin command line over the library's IMP loop, :func:`jaxsparse.lottery.imp`: level 0
+trains the dense network; level ``l >= 1`` prunes the trained weights of level ``l - 1`` with
+the config's plan (layerwise rates or a global rate, a criterion) and restarts from the
+rewind point. The ``replicates`` are ONE population (one compiled program per chunk, sharded
+over every device; on a CPU-only machine up to one device per core, ``--cpu-devices``). At
+every level >= 1 the configured *branches* (controls) train from the same level: random
+re-initialisation of the ticket's mask, random pruning with the ticket's per-layer counts,
+other criteria, other mask-1 / mask-0 actions.
 
 Rewinding (``config.rewind``): ``"init"`` (k = 0), ``"iteration"`` (to the snapshot taken at
-iteration ``rewind_step`` of the dense run; later levels train iterations k..num_steps with
-the schedule from k), ``"lr"`` (learning-rate rewinding: keep the trained weights, replay the
-schedule from ``rewind_step``), ``"finetune"`` (keep the trained weights, train
-``num_steps - rewind_step`` iterations at the schedule's final learning rate).
+iteration ``rewind_step`` of the dense run), ``"lr"`` (learning-rate rewinding), ``"finetune"``.
 
-Output (``<out>/<name>-<hash>/``, the hash over the hyperparameters except ``levels`` and
-where data lives, so asking for more levels extends a run): ``level_XX/<branch>/`` with
-``ckpt/`` (orbax checkpoints of the population state every ``checkpoint_every`` iterations)
-and ``result.json`` (per replicate: density, early-stop iteration and test accuracy there,
-final test accuracy, history); ``level_XX/ticket/export/`` (replicate 0's ticket: masks +
-starting weights + density report, ``jaxsparse.lottery.load_ticket``); ``levels.csv`` (the
-level table: mean and std over replicates), ``replicates.csv``, ``accuracy.png`` and
-``early_stop.png``. A relaunch skips finished levels and resumes a killed one from its newest
-checkpoint; the table is then bitwise the one of an uninterrupted run.
+Output (``<out>/<name>-<hash>/``; the hash covers the hyperparameters except ``levels`` and
+where data lives, plus the data's content hash, so asking for more levels extends a run and
+other data never reuses it): ``level_XX/<branch>/`` with ``ckpt/`` and ``result.json``;
+``level_XX/ticket/export/`` (replicate 0's ticket, ``jaxsparse.lottery.load_ticket``);
+``levels.csv`` (mean and sample std over replicates), ``replicates.csv``, ``results.json``,
+``accuracy.png`` (test accuracy at early stop and at the end, full range and zoomed to the
+branches that do not collapse) and ``early_stop.png``. A relaunch skips finished levels and
+resumes a killed one from its newest checkpoint; the table is then bitwise the one of an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -43,99 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, common
 
-HASH_EXCLUDE = (*common.NON_HASHED, "levels", "data_file")
+HASH_EXCLUDE = (*common.NON_HASHED, "levels")
+REWINDS = ("init", "iteration", "lr", "finetune")
 
 
 # ---------------------------------------------------------------------------------------
 # Building blocks from the config.
-
-
-def load_dataset(config: Any):
-    """The config's dataset; ``data_file`` = an ``.npz`` of ``images``/``labels`` (see below)."""
-    from jaxsparse import data
-
-    if config.get("data_file"):
-        return npz_subset(config.data_file, test_size=config.get("test_size", 1000),
-                          val_size=config.get("val_size", 500), seed=config.seed)
-    return data.load(config.dataset, data_dir=config.get("data_dir"))
-
-
-def npz_subset(path: str, *, test_size: int, val_size: int, seed: int = 0):
-    """A fixed stratified train / val / test split of an ``.npz`` with uint8 ``images``, ``labels``.
-
-    For the 6,000-digit MNIST subset: 4,500 / 500 / 1,000 by default, normalised with the MNIST
-    constants. It is a subset, not the official MNIST split.
-    """
-    from sklearn.model_selection import train_test_split
-
-    from jaxsparse import data
-
-    with np.load(os.path.expanduser(path)) as z:
-        x, y = z["images"], z["labels"].astype(np.int32)
-    if x.ndim == 3:
-        x = x[..., None]
-    mean, std = data.NORMALISATION["mnist"]
-    x = data.normalise(x, mean, std)
-    idx = np.arange(len(y))
-    rest, test = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
-    train, val = train_test_split(rest, test_size=val_size, stratify=y[rest],
-                                  random_state=seed + 1)
-    split = lambda i: data.Split(x[i], y[i])  # noqa: E731
-    return data.Dataset("mnist_subset", split(train), split(val), split(test), 10, mean, std,
-                        source=os.path.abspath(path))
-
-
-def build_model(config: Any, dataset: Any):
-    """``jaxsparse.models.functional`` of the config's model for the dataset."""
-    import jax
-
-    from jaxsparse import models
-
-    kwargs = dict(config.get("model_kwargs", {}) or {})
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    model = getattr(models, config.model)(key=jax.random.key(0), input_shape=dataset.input_shape,
-                                          num_classes=dataset.num_classes, **kwargs)
-    return models.functional(model)
-
-
-def learning_rate(config: Any):
-    """The config's schedule ``step -> lr`` (piecewise constant at ``lr_milestones``)."""
-    import optax
-
-    milestones = [int(m) for m in config.get("lr_milestones", ()) or ()]
-    if not milestones:
-        return optax.constant_schedule(config.learning_rate)
-    return optax.piecewise_constant_schedule(
-        config.learning_rate, {m: float(config.get("lr_gamma", 0.1)) for m in milestones})
-
-
-def build_tx(config: Any, *, offset: int = 0, finetune: bool = False):
-    """The optimizer of a run that starts at iteration ``offset`` (schedule shifted to match).
-
-    optax counts from 0 in a fresh optimizer state, so a run restarted at iteration k (late
-    rewinding, learning-rate rewinding) reads the schedule at ``count + k``. ``finetune``:
-    constant at the schedule's final value.
-    """
-    import optax
-
-    import jaxsparse
-
-    sched = learning_rate(config)
-    if finetune:
-        lr = float(sched(config.num_steps))
-    else:
-        lr = lambda count: sched(count + offset)  # noqa: E731
-    if config.optimizer == "adam":
-        tx = optax.adam(lr)
-    elif config.optimizer == "sgd":
-        tx = optax.sgd(lr, momentum=config.get("momentum", 0.0) or None)
-    else:
-        raise ValueError(f"unknown optimizer {config.optimizer!r} (adam | sgd)")
-    if config.get("weight_decay", 0.0):
-        tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
-    return jaxsparse.masked(tx)
 
 
 def make_plan(config: Any):
@@ -164,10 +73,40 @@ def parse_branch(name: str):
     if name.startswith("action:"):
         parts = name.split(":")
         if len(parts) != 3:
-            raise ValueError(f"branch {name!r}: expected action:<mask1>:<mask0>")
+            raise cli.UsageError(f"branch {name!r}: expected action:<mask1>:<mask0>")
         return lottery.action_branch(parts[1], parts[2])
-    raise ValueError(f"unknown branch {name!r}: reinit | random_prune | crit:<name> | "
-                     "action:<mask1>:<mask0>")
+    raise cli.UsageError(f"unknown branch {name!r}: reinit | random_prune | crit:<name> | "
+                         "action:<mask1>:<mask0>")
+
+
+def validate(config: Any) -> None:
+    """Every check that needs no training: plan, branches, rewinding, counts (UsageError)."""
+    from jaxsparse import lottery
+
+    cli.check_training(config)
+    cli.positive(config, "replicates")
+    if not isinstance(config.levels, int) or config.levels < 0:
+        raise cli.UsageError(f"config levels={config.levels!r}: must be an integer >= 0")
+    if config.rewind not in REWINDS:
+        raise cli.UsageError(f"config rewind={config.rewind!r}: expected one of {REWINDS}")
+    k = int(config.get("rewind_step", 0) or 0)
+    if config.rewind != "init" and not 0 <= k < config.num_steps:
+        raise cli.UsageError(f"config rewind_step={k}: must be in [0, num_steps="
+                             f"{config.num_steps})")
+    try:
+        plan = make_plan(config)
+        for b in config.branches:
+            branch = parse_branch(b)
+            if isinstance(branch.masks, str) and branch.masks not in ("ticket", "random"):
+                lottery.Plan(rates=[(".*", 0.1)], criterion=branch.masks)
+            lottery.Plan(rates=[(".*", 0.1)], mask1=branch.mask1, mask0=branch.mask0)
+    except cli.UsageError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise cli.UsageError(f"config (scope={config.scope!r}, rates={config.get('rates')!r}, "
+                             f"rate={config.get('rate')!r}, criterion={config.criterion!r}, "
+                             f"branches={list(config.branches)!r}): {e}") from None
+    del plan
 
 
 def _pause_for_tests(level: int, branch: str, step: int) -> None:
@@ -185,9 +124,12 @@ def _pause_for_tests(level: int, branch: str, step: int) -> None:
 # The experiment: the library's IMP loop (jaxsparse.lottery.imp) with this run's directory.
 
 
-def run_dir(config: Any, out: str) -> str:
-    name = common.to_dict(config).get("name", "lottery")
-    return os.path.join(out, f"{name}-{common.config_hash(config, HASH_EXCLUDE)}")
+def num_runs(config: Any) -> int:
+    """(level, branch) runs of the config: the progress bar's total."""
+    levels = int(config.levels)
+    with_branches = [lv for lv in range(1, levels + 1)
+                     if not config.get("branch_levels") or lv in config.branch_levels]
+    return levels + 1 + len(with_branches) * len(config.branches)
 
 
 def experiment(config: Any, path: str, dataset: Any, *, show_progress: bool = True) -> list:
@@ -197,88 +139,105 @@ def experiment(config: Any, path: str, dataset: Any, *, show_progress: bool = Tr
     from jaxsparse import data as data_lib
     from jaxsparse import lottery, sweep
 
-    fn = build_model(config, dataset)
+    fn = common.build_model(config, dataset)
     plan = make_plan(config)
 
-    def export(level, params, masks):
+    def export(level, params, masks, model_state):
         where = os.path.join(path, f"level_{level:02d}", "ticket", "export")
         if config.get("export", True) and not os.path.exists(os.path.join(where,
                                                                           "density.json")):
             lottery.export_ticket(where, sweep.take_member(params, 0),
                                   sweep.take_member(masks, 0),
+                                  model_state=sweep.take_member(model_state, 0),
                                   metadata={"level": level, "replicate": 0,
                                             "config": common.to_dict(config)})
 
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_runs(config), desc=config.name, unit="run", dynamic_ncols=True)
+
     def report(res: dict) -> None:
-        if show_progress:
-            print(f"level {res['level']:2d} {res['branch']:>14s}: "
+        if bar is None:
+            return
+        bar.update(1)
+        bar.write(f"level {res['level']:2d} {res['branch']:>14s}: "
                   f"{100 * np.mean(res['density']):7.3f}% remaining, early stop "
                   f"{np.mean(res['early_stop_step']):7.0f}, test acc there "
                   f"{np.mean(res['early_stop_test_accuracy']):.4f}, final "
-                  f"{np.mean(res['final_test_accuracy']):.4f}", flush=True)
+                  f"{np.mean(res['final_test_accuracy']):.4f}")
 
     pause = _pause_for_tests if os.environ.get("JAXSPARSE_LOTTERY_PAUSE") else None
     rules = [tuple(r) for r in config.get("prunable", ()) or ()]
-    return lottery.imp(
-        fn.apply_fn, fn.init_fn, dataset, plan=plan, levels=int(config.levels),
-        tx=lambda start, finetune: build_tx(config, offset=start, finetune=finetune),
-        num_steps=int(config.num_steps), batch_size=int(config.batch_size),
-        eval_every=int(config.eval_every), key=jax.random.key(config.seed),
-        replicates=int(config.replicates), rewind_to=config.rewind,
-        rewind_step=int(config.get("rewind_step", 0) or 0),
-        branches=[parse_branch(b) for b in config.branches],
-        branch_levels=list(config.get("branch_levels", ()) or ()), rules=rules or None,
-        directory=path, checkpoint_every=int(config.checkpoint_every),
-        keep=int(config.get("keep_checkpoints", 2)),
-        augment=data_lib.augmentation_for(dataset.name) if config.get("augment") else None,
-        on_level=export, on_result=report, on_checkpoint=pause)
+    try:
+        return lottery.imp(
+            fn.apply_fn, fn.init_fn, dataset, plan=plan, levels=int(config.levels),
+            tx=lambda start, finetune: common.build_tx(config, offset=start, finetune=finetune),
+            num_steps=int(config.num_steps), batch_size=int(config.batch_size),
+            eval_every=int(config.eval_every), key=jax.random.key(config.seed),
+            replicates=int(config.replicates), rewind_to=config.rewind,
+            rewind_step=int(config.get("rewind_step", 0) or 0),
+            branches=[parse_branch(b) for b in config.branches],
+            branch_levels=list(config.get("branch_levels", ()) or ()), rules=rules or None,
+            directory=path, checkpoint_every=int(config.checkpoint_every),
+            keep=int(config.get("keep_checkpoints", 2)),
+            augment=data_lib.augmentation_for(dataset.name) if config.get("augment") else None,
+            on_level=export, on_result=report, on_checkpoint=pause)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 # ---------------------------------------------------------------------------------------
-# Tables.
+# Tables. Spread = sample std over replicates (common.SPREAD), everywhere.
+
+SUMMARY_KEYS = ("early_stop_step", "early_stop_test_accuracy", "final_test_accuracy")
+
+
+def step_cap(res: dict) -> int:
+    """The last evaluated iteration of a run: an early stop there is capped (the validation
+    loss was still falling when training ended)."""
+    return int(np.max(res["history"]["step"]))
 
 
 def table_rows(results: list[dict]) -> list[dict]:
-    """One row per (level, branch): densities and mean / std over replicates."""
+    """One row per (level, branch): densities, mean and sample std over replicates, and how
+    many replicates' early stop sits at the step cap."""
     rows = []
     for res in results:
         row = {"level": res["level"], "branch": res["branch"],
                "percent_remaining": 100 * float(np.mean(res["density"]))}
         for path, d in res["layers"].items():
             row[f"density[{path}]"] = d
-        for key in ("early_stop_step", "early_stop_test_accuracy", "final_test_accuracy"):
-            v = np.asarray(res[key], np.float64)
-            row[f"{key}_mean"] = float(v.mean())
-            row[f"{key}_std"] = float(v.std())
+        for key in SUMMARY_KEYS:
+            row[f"{key}_mean"], row[f"{key}_sample_std"] = common.mean_std(res[key])
+        row["early_stop_capped"] = int(np.sum(np.asarray(res["early_stop_step"])
+                                              >= step_cap(res)))
+        row["step_cap"] = step_cap(res)
         row["replicates"] = len(res["density"])
         rows.append(row)
     return rows
 
 
-def write_tables(path: str, results: list[dict]) -> list[dict]:
-    import csv
-
-    rows = table_rows(results)
-    for name, data in (("levels.csv", rows), ("replicates.csv", _replicate_rows(results))):
-        tmp = os.path.join(path, name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(data[0]))
-            w.writeheader()
-            w.writerows(data)
-        os.replace(tmp, os.path.join(path, name))
-    return rows
-
-
-def _replicate_rows(results: list[dict]) -> list[dict]:
+def replicate_rows(results: list[dict]) -> list[dict]:
     out = []
     for res in results:
         for r in range(len(res["density"])):
             out.append({"level": res["level"], "branch": res["branch"], "replicate": r,
                         "density": res["density"][r],
                         "early_stop_step": res["early_stop_step"][r],
+                        "early_stop_capped": int(res["early_stop_step"][r] >= step_cap(res)),
                         "early_stop_test_accuracy": res["early_stop_test_accuracy"][r],
                         "final_test_accuracy": res["final_test_accuracy"][r]})
     return out
+
+
+def write_tables(path: str, results: list[dict]) -> list[dict]:
+    rows = table_rows(results)
+    common.write_rows(os.path.join(path, "levels.csv"), rows)
+    common.write_rows(os.path.join(path, "replicates.csv"), replicate_rows(results))
+    return rows
 
 
 def format_table(rows: list[dict]) -> str:
@@ -288,16 +247,22 @@ def format_table(rows: list[dict]) -> str:
     head = ["level", "branch", "%remain", *short, "ES iter", "ES test acc", "final acc"]
     body = []
     for r in rows:
+        sd = lambda k, r=r: "" if np.isnan(r[f"{k}_sample_std"]) else (  # noqa: E731
+            f"±{100 * r[f'{k}_sample_std']:.2f}")
+        capped = "*" if r["early_stop_capped"] else ""
         body.append([str(r["level"]), r["branch"], f"{r['percent_remaining']:.2f}",
                      *[f"{100 * r[k]:.1f}" for k in layers],
-                     f"{r['early_stop_step_mean']:.0f}",
+                     f"{r['early_stop_step_mean']:.0f}{capped}",
                      f"{100 * r['early_stop_test_accuracy_mean']:.2f}"
-                     f"±{100 * r['early_stop_test_accuracy_std']:.2f}",
-                     f"{100 * r['final_test_accuracy_mean']:.2f}"
-                     f"±{100 * r['final_test_accuracy_std']:.2f}"])
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    fmt = lambda x: "  ".join(c.rjust(w) for c, w in zip(x, widths, strict=True))  # noqa: E731
-    return "\n".join([fmt(head), "-" * len(fmt(head)), *map(fmt, body)])
+                     f"{sd('early_stop_test_accuracy')}",
+                     f"{100 * r['final_test_accuracy_mean']:.2f}{sd('final_test_accuracy')}"])
+    n = rows[0]["replicates"]
+    notes = [f"mean ± {common.SPREAD} over {n} replicates; accuracies in %."]
+    if any(r["early_stop_capped"] for r in rows):
+        notes.append("* = at least one replicate's early stop is at the last evaluation "
+                     f"(iteration {rows[0]['step_cap']}): its validation loss was still "
+                     "falling, the true early-stop iteration is later.")
+    return common.format_table(head, body) + "\n" + "\n".join(notes)
 
 
 def run(config: Any, out: str, *, show_progress: bool = True) -> list[dict]:
@@ -305,53 +270,36 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> list[dict]:
     from experiments import plots
 
     t0 = time.perf_counter()
-    path = run_dir(config, out)
-    os.makedirs(path, exist_ok=True)
-    common.write_json(os.path.join(path, "config.json"), common.to_dict(config))
-    dataset = load_dataset(config)
+    dataset = common.load_dataset(config)
+    path = common.run_dir(out, config, dataset=dataset, exclude=HASH_EXCLUDE)
     print(f"{config.name}: {dataset!r}, model {config.model}, {config.replicates} "
           f"replicates, levels 0..{config.levels}, branches {list(config.branches)}; "
           f"run dir {path}", flush=True)
     results = experiment(config, path, dataset, show_progress=show_progress)
     rows = write_tables(path, results)
+    common.write_json(os.path.join(path, "results.json"),
+                      {"spread": common.SPREAD, "rows": rows,
+                       "data": common.data_summary(dataset)})
     print(format_table(rows))
-    plots.accuracy_vs_density(os.path.join(path, "accuracy.png"), results,
-                              title=config.name)
+    plots.accuracy_vs_density(os.path.join(path, "accuracy.png"), results, title=config.name)
     plots.early_stop_vs_density(os.path.join(path, "early_stop.png"), results,
                                 title=config.name)
     last = max(r["level"] for r in results)
-    print(f"wrote {path}/levels.csv, replicates.csv, accuracy.png, early_stop.png; "
-          f"lowest-density ticket: {path}/level_{last:02d}/ticket/export "
+    print(f"wrote {path}/levels.csv, replicates.csv, results.json, accuracy.png, "
+          f"early_stop.png; lowest-density ticket: {path}/level_{last:02d}/ticket/export "
           f"({time.perf_counter() - t0:.1f}s)")
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="python file with get_config()")
-    parser.add_argument("--out", default="runs", help="parent of the run directories")
-    parser.add_argument("--replicates", type=int, help="override config.replicates")
-    parser.add_argument("--levels", type=int, help="override config.levels (0 = dense only)")
-    parser.add_argument("--data-file", help="an .npz with images/labels (e.g. the MNIST subset)")
-    parser.add_argument("--data-dir", help="directory with raw files or a tfds data dir")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (Python literal), repeatable")
-    parser.add_argument("--quiet", action="store_true", help="no per-level lines")
-    parser.add_argument("--cpu-devices", default="auto", help=common.CPU_DEVICES_HELP)
-    args = parser.parse_args(argv)
-    config = common.load_config(args.config)
-    if args.replicates is not None:
-        config.replicates = args.replicates
-    if args.levels is not None:
-        config.levels = args.levels
-    if args.data_file:
-        config.data_file = os.path.abspath(os.path.expanduser(args.data_file))
-    if args.data_dir:
-        config.data_dir = os.path.expanduser(args.data_dir)
-    common.apply_overrides(config, args.set)
-    common.cpu_devices(args.cpu_devices, int(config.replicates))
-    run(config, args.out, show_progress=not args.quiet)
-    return 0
+    p = cli.parser(__doc__)
+    p.add_argument("--replicates", type=int, help="override config.replicates")
+    p.add_argument("--levels", type=int, help="override config.levels (0 = dense only)")
+    return cli.main(p, argv, lambda config, args: run(config, args.out,
+                                                       show_progress=not args.quiet),
+                    validate=validate,
+                    flags={**cli.DATA_FLAGS, "replicates": "replicates", "levels": "levels"},
+                    members=lambda config, args: config.replicates)
 
 
 if __name__ == "__main__":

@@ -25,21 +25,21 @@ are bitwise unchanged at the end. Output ``<out>/<name>-<hash>/``: ``results.jso
 ``export/`` (the found subnetwork as dense-with-zeros params + bool masks, ``.npz``).
 
 Population mode (``learned`` / ``edge_popup``), ``config.replicates > 1`` or ``--replicates N``:
-the N replicates train as ONE population (``experiments.lottery.train_population``: every
-chunk and evaluation is one compiled program over all of them, sharded over every device; on
-a CPU-only machine one device per core, ``--cpu-devices``), checkpointed and resumable.
+the N replicates train as ONE population (``jaxsparse.train.Trainer`` on the stacked state:
+every chunk and evaluation is one compiled program over all of them, sharded over every
+device; on a CPU-only machine one device per core, ``--cpu-devices``), checkpointed and
+resumable.
 Replicate i's keys (model init, supermask init, data order) come from
 ``fold_in(key(seed), i)``, so they do not depend on N. ``results.json`` then holds
-per-replicate lists with their mean and std (over replicates, ddof 0), ``replicates.csv`` one
-row per replicate, ``metrics.csv`` / ``curves.png`` the mean (and std) over replicates, and
-``export/`` replicate 0's subnetwork.
+per-replicate lists with their mean and sample std (``*_std``: ddof 1, the one spread of
+every driver, ``results["spread"]``), ``replicates.csv`` one row per replicate,
+``metrics.csv`` / ``curves.png`` the mean (and sample std) over replicates, and ``export/``
+replicate 0's subnetwork. The run directory's hash includes the data's content hash.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -47,28 +47,18 @@ from typing import Any
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, common
 
 METHODS = ("learned", "edge_popup", "at_init")
 
 
 def build_optimizer(config: Any, num_steps: int):
-    """SGD (momentum) / Adam with a constant or cosine learning rate and weight decay."""
-    import optax
+    """SGD (momentum) / Adam with a constant or cosine learning rate and weight decay.
 
-    lr = config.learning_rate
-    if config.get("schedule", "constant") == "cosine":
-        lr = optax.cosine_decay_schedule(lr, num_steps)
-    if config.optimizer == "sgd":
-        tx = optax.sgd(lr, momentum=config.get("momentum", 0.0) or None)
-    elif config.optimizer == "adam":
-        tx = optax.adam(lr)
-    else:
-        raise ValueError(f"unknown optimizer {config.optimizer!r} (sgd | adam)")
-    if config.get("weight_decay", 0.0):
-        # Decay applies to the scores (the trainable params), as in edge-popup.
-        tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
-    return tx
+    ``common.build_tx`` unmasked: the trainable params are the scores, and the weight decay
+    applies to them, as in edge-popup.
+    """
+    return common.build_tx(config, masked=False, num_steps=num_steps)
 
 
 def build_supermask(config: Any, apply_fn):
@@ -92,26 +82,48 @@ def _save_export(path: str, params: Any, masks: Any) -> None:
              **{p: np.asarray(v) for p, v in rules.leaves_with_paths(masks)})
 
 
+def validate(config: Any) -> None:
+    """Checks that need no training (UsageError naming the key and value)."""
+    if config.method not in METHODS:
+        raise cli.UsageError(f"config method={config.method!r}: expected one of {METHODS}")
+    cli.check_training(config)
+    r = config.get("replicates", 1)
+    if not isinstance(r, int) or r < 1:
+        raise cli.UsageError(f"config replicates={r!r}: must be an integer >= 1")
+    if config.method == "at_init":
+        if r > 1:
+            raise cli.UsageError("replicates > 1 is for the learned / edge_popup methods, not "
+                                 "at_init")
+        for d in config.densities:
+            if not 0.0 < float(d) <= 1.0:
+                raise cli.UsageError(f"config densities: {d!r} is not a density in (0, 1]")
+        return
+    try:
+        build_supermask(config, lambda *a, **k: None)
+    except (ValueError, TypeError) as e:
+        raise cli.UsageError(f"config (method={config.method!r}, weights={config.weights!r}, "
+                             f"score_init={config.score_init!r}, density={config.density!r}): "
+                             f"{e}") from None
+
+
 def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
     """Learned supermask or edge-popup training; returns the results dict.
 
     With ``config.replicates > 1``: :func:`run_population` (the replicates as one population).
     """
-    path = common.run_dir(out, config)
+    dataset = common.load_dataset(config)
+    path = common.run_dir(out, config, dataset=dataset)
     if common.is_finished(path):
         print(f"finished already: {os.path.join(path, 'results.json')}")
-        with open(os.path.join(path, "results.json")) as f:
-            return json.load(f)
+        return common.read_json(os.path.join(path, "results.json"))
     if int(config.get("replicates", 1)) > 1:
-        return run_population(config, out, show_progress=show_progress)
+        return run_population(config, out, show_progress=show_progress, dataset=dataset)
     import jax
 
-    from experiments.lottery import build_model, load_dataset
     from jaxsparse import masks as masks_lib
     from jaxsparse import supermask, train
 
-    dataset = load_dataset(config)
-    fn = build_model(config, dataset)
+    fn = common.build_model(config, dataset)
     k_model, k_sm, k_data = jax.random.split(jax.random.key(config.seed), 3)
     params, model_state = fn.init_fn(k_model)
     sm = build_supermask(config, fn.apply_fn)
@@ -139,6 +151,7 @@ def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
     h = result.history
     final = {m: h[m][-1] for m in train.METRIC_NAMES}
     results = {"config": common.to_dict(config), "dataset": repr(dataset), "final": final,
+               "data": common.data_summary(dataset),
                "early_stop": result.early_stop, "weights_unchanged": same, "history": h}
     x_te, y_te = dataset.test
     if config.method == "learned":
@@ -189,12 +202,11 @@ def init_member(fn, sm, tx, keys):
     return train.init_state(sm_params, tx, key=keys[2], model_state=sm_state)
 
 
-def _mean_std(values) -> tuple[float, float]:
-    v = np.asarray(values, np.float64)
-    return float(v.mean()), float(v.std())
+_mean_std = common.mean_std  # mean and sample std (ddof 1): the one spread of every driver
 
 
-def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict:
+def run_population(config: Any, out: str, *, show_progress: bool = True,
+                   dataset: Any = None) -> dict:
     """Trains ``config.replicates`` supermasks as one population; returns the results dict.
 
     Every value of ``results.json`` that differs between replicates is a per-replicate list
@@ -204,14 +216,13 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
     """
     import jax
 
-    from experiments.lottery import build_model, load_dataset
     from jaxsparse import lottery, supermask, sweep, train
     from jaxsparse import masks as masks_lib
 
     R = int(config.get("replicates", 1))
-    path = common.run_dir(out, config)
-    dataset = load_dataset(config)
-    fn = build_model(config, dataset)
+    dataset = common.load_dataset(config) if dataset is None else dataset
+    path = common.run_dir(out, config, dataset=dataset)
+    fn = common.build_model(config, dataset)
     sm = build_supermask(config, fn.apply_fn)
     tx = build_optimizer(config, config.num_steps)
     # One compiled program (op-by-op, the vmapped init would compile every primitive).
@@ -222,11 +233,15 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
         print(f"{config.name}: {dataset!r}, model {config.model}, method {config.method}, "
               f"{R} replicates as one population over {jax.device_count()} "
               f"{jax.default_backend()} devices, run dir {path}", flush=True)
+    bar, bar_cb = (common.progress(config.num_steps, 0, config.name) if show_progress
+                   else (None, None))
     t0 = time.perf_counter()
-    out = train.fit(sm.apply, tx, state, dataset, num_steps=config.num_steps,
-                    batch_size=config.batch_size, eval_every=config.eval_every,
-                    checkpoint_dir=os.path.join(path, "ckpt"),
-                    checkpoint_every=config.get("checkpoint_every", config.eval_every))
+    out = train.Trainer(sm.apply, tx, batch_size=config.batch_size).fit(
+        state, dataset, num_steps=config.num_steps, eval_every=config.eval_every,
+        callback=bar_cb, checkpoint_dir=os.path.join(path, "ckpt"),
+        checkpoint_every=config.get("checkpoint_every", config.eval_every))
+    if bar is not None:
+        bar.close()
     state, h = out.state, out.history
     seconds = time.perf_counter() - t0
     final_w = [np.asarray(a) for a in jax.tree.leaves(state.model_state["weights"])]
@@ -238,6 +253,7 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
     names = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
     final = {m: h[m][-1] for m in names}
     results = {"config": common.to_dict(config), "dataset": repr(dataset), "replicates": R,
+               "data": common.data_summary(dataset), "spread": common.SPREAD,
                "final": final,
                "final_mean": {m: _mean_std(v)[0] for m, v in final.items()},
                "final_std": {m: _mean_std(v)[1] for m, v in final.items()},
@@ -269,7 +285,7 @@ def run_population(config: Any, out: str, *, show_progress: bool = True) -> dict
     curves = {"step": h["step"]}
     for m in names:
         curves[f"{m}_mean"] = [_mean_std(v)[0] for v in h[m]]
-        curves[f"{m}_std"] = [_mean_std(v)[1] for v in h[m]]
+        curves[f"{m}_sample_std"] = [_mean_std(v)[1] for v in h[m]]
     common.write_csv(os.path.join(path, "metrics.csv"), curves)
     common.plot_curves(os.path.join(path, "curves.png"), h,
                        title=f"{config.name} ({R} replicates)")
@@ -289,19 +305,27 @@ def run_at_init(config: Any, out: str, *, show_progress: bool = True) -> dict:
     """Trains the dense net, then sweeps criterion x density of supermasks at init."""
     import jax
 
-    from experiments.lottery import build_model, load_dataset
     from jaxsparse import supermask, train
 
-    path = common.run_dir(out, config)
-    dataset = load_dataset(config)
-    fn = build_model(config, dataset)
+    dataset = common.load_dataset(config)
+    path = common.run_dir(out, config, dataset=dataset)
+    if common.is_finished(path):
+        print(f"finished already: {os.path.join(path, 'results.json')}")
+        return common.read_json(os.path.join(path, "results.json"))
+    fn = common.build_model(config, dataset)
     k_model, k_data, k_rand = jax.random.split(jax.random.key(config.seed), 3)
     init_params, model_state = fn.init_fn(k_model)
     tx = build_optimizer(config, config.num_steps)
     state = train.init_state(init_params, tx, key=k_data, model_state=model_state)
     print(f"{config.name}: training the dense {config.model} on {dataset!r} ({path})")
+    bar, bar_cb = (common.progress(config.num_steps, 0, config.name) if show_progress
+                   else (None, None))
     result = train.fit(fn.apply_fn, tx, state, dataset, num_steps=config.num_steps,
-                       batch_size=config.batch_size, eval_every=config.eval_every)
+                       batch_size=config.batch_size, eval_every=config.eval_every,
+                       callback=bar_cb, checkpoint_dir=os.path.join(path, "ckpt"),
+                       checkpoint_every=config.get("checkpoint_every", config.eval_every))
+    if bar is not None:
+        bar.close()
     final = result.state.params
     x_te, y_te = dataset.test
     evaluate = jax.jit(train.make_eval(fn.apply_fn))
@@ -325,7 +349,8 @@ def run_at_init(config: Any, out: str, *, show_progress: bool = True) -> dict:
     common.write_csv(os.path.join(path, "at_init.csv"), table)
     plot_at_init(os.path.join(path, "at_init.png"), rows, dense=dense, title=config.name)
     results = {"config": common.to_dict(config), "dataset": repr(dataset),
-               "dense_test_accuracy": dense, "at_init": rows}
+               "data": common.data_summary(dataset), "dense_test_accuracy": dense,
+               "at_init": rows}
     common.write_json(os.path.join(path, "results.json"), results)
     print(f"dense {dense:.4f}; table {os.path.join(path, 'at_init.csv')}, plot "
           f"{os.path.join(path, 'at_init.png')}")
@@ -369,47 +394,26 @@ def plot_at_init(path: str, rows: list[dict], *, dense: float, title: str = "") 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="python file with get_config()")
-    parser.add_argument("--mode", choices=METHODS, help="override config.method")
-    parser.add_argument("--dataset", help="override config.dataset")
-    parser.add_argument("--data-dir", help="directory with raw files or a tfds data dir")
-    parser.add_argument("--data-file", help=".npz with images/labels (e.g. an MNIST subset)")
-    parser.add_argument("--out", default="runs", help="parent of the run directories")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (Python literal), repeatable")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--replicates", type=int,
-                        help="override config.replicates (> 1: one population, learned / "
-                             "edge_popup)")
-    parser.add_argument("--cpu-devices", default="auto", help=common.CPU_DEVICES_HELP)
-    args = parser.parse_args(argv)
-    config = common.load_config(args.config)
-    # `replicates` is optional in the supermask configs (absent = 1): add it only when asked
-    # for, so a single-model run keeps its run directory (the hash covers every key).
-    if args.replicates is not None and (args.replicates != 1 or "replicates" in config):
-        config.replicates = args.replicates
-    if "replicates" not in config and any(o.split("=", 1)[0] == "replicates" for o in args.set):
-        config.replicates = 1  # so that `--set replicates=N` works too
-    if args.mode:
-        config.method = args.mode
-    if args.dataset:
-        config.dataset = args.dataset
-    if args.data_dir:
-        config.data_dir = os.path.expanduser(args.data_dir)
-    if args.data_file:
-        config.data_file = os.path.expanduser(args.data_file)
-    common.apply_overrides(config, args.set)
-    if config.method not in METHODS:
-        raise ValueError(f"config.method must be one of {METHODS}, got {config.method!r}")
-    if config.method == "at_init" and int(config.get("replicates", 1)) > 1:
-        raise ValueError("replicates > 1 is for the learned / edge_popup methods")
-    if int(config.get("replicates", 1)) < 1:
-        raise ValueError(f"replicates must be >= 1, got {config.replicates}")
-    common.cpu_devices(args.cpu_devices, int(config.get("replicates", 1)))
-    run = run_at_init if config.method == "at_init" else run_training
-    run(config, args.out, show_progress=not args.no_progress)
-    return 0
+    p = cli.parser(__doc__)
+    p.add_argument("--mode", choices=METHODS, help="override config.method")
+    p.add_argument("--replicates", type=int,
+                   help="override config.replicates (> 1: one population, learned / edge_popup)")
+
+    def prepare(config: Any, args) -> None:
+        # `replicates` is optional in the supermask configs (absent = 1): add it only when
+        # asked for, so a single-model run keeps its run directory (the hash covers every key).
+        if args.replicates is not None and (args.replicates != 1 or "replicates" in config):
+            config.replicates = args.replicates
+        if args.mode:
+            config.method = args.mode
+
+    def run(config: Any, args) -> None:
+        fn = run_at_init if config.method == "at_init" else run_training
+        fn(config, args.out, show_progress=not args.quiet)
+
+    return cli.main(p, argv, run, validate=validate, prepare=prepare,
+                    optional={"replicates": (int,)},
+                    members=lambda config, args: int(config.get("replicates", 1)))
 
 
 if __name__ == "__main__":

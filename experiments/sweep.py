@@ -4,105 +4,79 @@
     python -m experiments.sweep --config ... --task-index $SLURM_ARRAY_TASK_ID --num-tasks 4
     python -m experiments.sweep --config ... --merge-only      # after all array jobs
 
-Every member (learning rate x sparsity x seed) trains in ONE compiled program: the per-member
-values are traced arrays and the member axis is sharded over every device
-(``jaxsparse.sweep.population_map``). State is saved after every ``eval_every`` steps
-(``task_XX/seg_YYY.npz``); a relaunch continues from the last finished segment. Each task
-writes ``task_XX/results.jsonl``; the merge writes ``table.txt``, ``table.json`` and
-``accuracy.png`` (mean +- std bands over seeds).
+Every member (learning rate x sparsity x seed) of a task trains in ONE compiled program: the
+one trainer (``jaxsparse.train.Trainer``) on the stacked population state, the per-member
+learning rate in the optimizer state (``optax.inject_hyperparams``), the per-member sparsity
+a traced value of the random layerwise pruning at init (exact counts), the member axis
+sharded over every device (``jaxsparse.sweep.population_map``). The population is
+checkpointed every ``checkpoint_every`` iterations (default ``eval_every``;
+``task_XX/ckpt/``); a relaunch resumes from the newest checkpoint, bitwise. Each task writes
+``task_XX/results.jsonl``; the merge writes ``table.txt``, ``table.csv``, ``table.json``
+(mean and sample std over seeds: ``*_mean`` / ``*_sample_std``) and ``accuracy.png``
+(mean ± sample std bands over seeds). The run directory's hash includes the data's content
+hash.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
+import sys
 import time
+from typing import Any
 
-from experiments import common
+from experiments import cli, common
 
 AXES = ("learning_rate", "sparsity", "seed")
+BACKENDS = ("sharding", "pmap", "vmap")
 
 
-def _model(hidden, num_in, num_classes):
+def validate(config: Any) -> None:
+    """Grid axes, values and the training keys, before any training (UsageError)."""
+    cli.positive(config, "batch_size", "num_steps", "eval_every")
+    for a in AXES:
+        v = config.get(a)
+        if not isinstance(v, list | tuple) or not v:
+            raise cli.UsageError(f"config {a}={v!r}: must be a non-empty list")
+    for s in config.sparsity:
+        if not isinstance(s, int | float) or not 0.0 <= float(s) < 1.0:
+            raise cli.UsageError(f"config sparsity: {s!r} is not a fraction pruned in [0, 1)")
+    for lr in config.learning_rate:
+        if not isinstance(lr, int | float) or not float(lr) > 0:
+            raise cli.UsageError(f"config learning_rate: {lr!r} is not a rate > 0")
+    for seed in config.seed:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise cli.UsageError(f"config seed: {seed!r} is not an integer")
+    if config.get("backend", "sharding") not in BACKENDS:
+        raise cli.UsageError(f"config backend={config.backend!r}: expected one of {BACKENDS}")
+
+
+def _member_state(fn, tx, hp):
+    """One member's TrainState from its hyperparameters (traced: the grid compiles once)."""
     import jax
-    import jax.numpy as jnp
-
-    sizes = (num_in, *hidden, num_classes)
-
-    def init(key, sparsity):
-        keys = jax.random.split(key, 2 * (len(sizes) - 1))
-        params, masks = [], []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            w = jax.nn.initializers.glorot_normal()(keys[2 * i], (a, b))
-            # Random pruning at init with a traced (per-member) sparsity = fraction pruned.
-            m = jax.random.uniform(keys[2 * i + 1], (a, b)) >= sparsity
-            params.append({"w": jnp.where(m, w, 0.0), "b": jnp.zeros(b)})
-            masks.append({"w": m, "b": jnp.ones((), bool)})
-        return params, masks
-
-    def apply(params, x):
-        h = x.reshape(x.shape[0], -1)
-        for i, layer in enumerate(params):
-            h = h @ layer["w"] + layer["b"][None]
-            if i < len(params) - 1:
-                h = jax.nn.relu(h)
-        return h
-
-    return init, apply
-
-
-def _member_fns(config, num_in, num_classes, x_tr, y_tr):
-    import jax
-    import jax.numpy as jnp
-    import optax
 
     import jaxsparse as js
+    from jaxsparse import train
 
-    init, apply = _model(tuple(config.hidden), num_in, num_classes)
-    tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
-
-    def member_init(hp):
-        key = jax.random.key(hp["seed"])
-        params, masks = init(key, hp["sparsity"])
-        opt = tx.init(params)
-        opt.hyperparams["learning_rate"] = hp["learning_rate"]  # traced per member
-        return {"params": params, "masks": masks, "opt": opt, "key": key, "step": jnp.int32(0)}
-
-    def loss_fn(params, x, y):
-        logits = apply(params, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def segment(state, x, y, num_steps):
-        def body(s, _):
-            k = jax.random.fold_in(s["key"], s["step"])
-            idx = jax.random.randint(k, (config.batch_size,), 0, x.shape[0])
-            grads = jax.grad(loss_fn)(s["params"], x[idx], y[idx])
-            updates, opt = tx.update(grads, s["opt"], s["params"])
-            params = js.apply_masks(optax.apply_updates(s["params"], updates), s["masks"])
-            return dict(s, params=params, opt=opt, step=s["step"] + 1), None
-
-        return jax.lax.scan(body, state, None, length=num_steps)[0]
-
-    def evaluate(state, x, y):
-        logits = apply(state["params"], x)
-        return {
-            "loss": optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-            "accuracy": (logits.argmax(-1) == y).mean(),
-            "density": js.density(state["masks"]),
-        }
-
-    return member_init, segment, evaluate
+    k_init, k_mask, k_data = jax.random.split(jax.random.key(hp["seed"]), 3)
+    params, model_state = fn.init_fn(k_init)
+    masks = js.prune(js.scores.random(params, key=k_mask), js.ones_like(params),
+                     sparsity=hp["sparsity"], scope="layerwise")
+    state = train.init_state(params, tx, key=k_data, model_state=model_state, masks=masks)
+    state.opt_state.hyperparams["learning_rate"] = hp["learning_rate"]
+    return state
 
 
-def run_task(config, out: str, task_index: int, num_tasks: int) -> str:
+def run_task(config: Any, out: str, task_index: int, num_tasks: int, *, dataset: Any = None,
+             show_progress: bool = True) -> str:
+    """Trains task ``task_index``'s share of the grid as one population (resumable)."""
     import functools
 
     import jax
-    import jax.numpy as jnp
+    import optax
 
-    from jaxsparse import data as data_lib
-    from jaxsparse import sweep
+    import jaxsparse as js
+    from jaxsparse import sweep, train
 
     members = sweep.task_slice(sweep.grid(**{a: list(config[a]) for a in AXES}),
                                task_index, num_tasks)
@@ -110,56 +84,73 @@ def run_task(config, out: str, task_index: int, num_tasks: int) -> str:
     if os.path.exists(os.path.join(task_dir, "results.jsonl")):
         print(f"{task_dir}: finished, skipped")
         return task_dir
-    ds = data_lib.digits()
-    x_tr, y_tr = jnp.asarray(ds.train.x), jnp.asarray(ds.train.y)
-    x_te, y_te = jnp.asarray(ds.test.x), jnp.asarray(ds.test.y)
-    num_in = int(x_tr[0].size)
-    member_init, segment, evaluate = _member_fns(config, num_in, ds.num_classes, x_tr, y_tr)
+    ds = common.load_dataset(config) if dataset is None else dataset
+    fn = common.build_model(config, ds, model_kwargs={"hidden": tuple(config.hidden)})
+    tx = js.masked(optax.inject_hyperparams(optax.adam)(learning_rate=1e-3))
     hp = sweep.stack_configs(members, AXES)
-    layout = dict(backend=config.backend, chunk_size=config.chunk_size or None)
-    state = sweep.population_map(member_init, **layout)(hp)
-    train = sweep.population_map(
-        functools.partial(segment, num_steps=config.eval_every), in_axes=(0, None, None), **layout
-    )
-    ev = sweep.population_map(evaluate, in_axes=(0, None, None), **layout)
-    like = jax.eval_shape(lambda s: s, state)
-    history = {"step": [0], "accuracy": [jax.device_get(ev(state, x_te, y_te)["accuracy"])]}
+    backend = config.get("backend", "sharding")
+    state = sweep.population_map(functools.partial(_member_state, fn, tx),
+                                 backend=backend)(hp)
+    ckpt = os.path.join(task_dir, "ckpt")
+    from jaxsparse import checkpoint
+
+    start = checkpoint.latest_step(ckpt) if os.path.isdir(ckpt) else None
+    if start is not None:
+        print(f"task {task_index}: resuming from step {start}", flush=True)
     t0 = time.time()
-    for seg in range(config.num_steps // config.eval_every):
-        path = os.path.join(task_dir, f"seg_{seg:03d}.npz")
-        state, loaded = sweep.resumable(path, lambda s=state: train(s, x_tr, y_tr), like)
-        metrics = jax.device_get(ev(state, x_te, y_te))
-        history["step"].append((seg + 1) * config.eval_every)
-        history["accuracy"].append(metrics["accuracy"])
-        print(f"task {task_index}: step {history['step'][-1]} "
-              f"{'(resumed) ' if loaded else ''}mean test acc {metrics['accuracy'].mean():.4f}"
-              f" [{time.time() - t0:.1f}s]")
+    bar, callback = (common.progress(config.num_steps, start or 0, f"task {task_index}")
+                     if show_progress else (None, None))
+    try:
+        result = train.Trainer(fn.apply_fn, tx, batch_size=config.batch_size,
+                               backend=backend).fit(
+            state, ds, num_steps=config.num_steps, eval_every=config.eval_every,
+            callback=callback, checkpoint_dir=ckpt,
+            checkpoint_every=config.get("checkpoint_every") or config.eval_every,
+            on_checkpoint=lambda step: common.pause_for_tests(f"task{task_index}:{step}"))
+    finally:
+        if bar is not None:
+            bar.close()
+    h = result.history
+    print(f"task {task_index}: {len(members)} members, {config.num_steps} iterations, mean "
+          f"final test accuracy {sum(h['test_accuracy'][-1]) / len(members):.4f} "
+          f"[{time.time() - t0:.1f}s]", flush=True)
+    density = jax.device_get(jax.vmap(js.density)(result.state.masks))
     rows = []
     for i, cfg in enumerate(members):
-        rows.append(dict(cfg, test_accuracy=float(metrics["accuracy"][i]),
-                         density=float(metrics["density"][i]),
-                         curve=[float(a[i]) for a in history["accuracy"]],
-                         steps=history["step"]))
+        rows.append(dict(cfg, test_accuracy=float(h["test_accuracy"][-1][i]),
+                         density=float(density[i]),
+                         curve=[float(a[i]) for a in h["test_accuracy"]], steps=h["step"]))
     sweep.write_results(task_dir, rows)
     return task_dir
 
 
-def merge(out: str) -> None:
+def merge(out: str) -> list[dict]:
+    """Merges every task's rows: mean and sample std over seeds per configuration."""
     from jaxsparse import sweep
 
-    dirs = sorted(glob.glob(os.path.join(out, "task_*", "results.jsonl")))
-    if not dirs:
-        raise FileNotFoundError(f"no task results under {out}")
-    rows = sweep.read_results(dirs)
+    files = sorted(glob.glob(os.path.join(out, "task_*", "results.jsonl")))
+    if not files:
+        raise cli.UsageError(f"no task results under {out}")
+    rows = sweep.read_results(files)
+    steps = rows[0]["steps"]
     for r in rows:
         r.pop("steps", None)
     table = sweep.merge_results(rows, metrics=["test_accuracy", "density", "curve"])
     text = sweep.format_table(table, ["test_accuracy", "density"])
+    text += f"\n(mean ± {common.SPREAD} over seeds; n = number of seeds)"
     print(text)
     with open(os.path.join(out, "table.txt"), "w") as f:
         f.write(text + "\n")
-    common.write_json(os.path.join(out, "table.json"), table)
-    _plot(os.path.join(out, "accuracy.png"), table, sweep.read_results(dirs[:1])[0]["steps"])
+    # One spread, labelled: merge_results' `_std` is the sample std (ddof 1).
+    labelled = [{(k[:-4] + "_sample_std" if k.endswith("_std") else k): v
+                 for k, v in row.items()} for row in table]
+    common.write_json(os.path.join(out, "table.json"), {"spread": common.SPREAD,
+                                                        "steps": steps, "rows": labelled})
+    common.write_rows(os.path.join(out, "table.csv"),
+                      [{k: v for k, v in row.items() if not k.startswith("curve")}
+                       for row in labelled])
+    _plot(os.path.join(out, "accuracy.png"), table, steps)
+    return labelled
 
 
 def _plot(path: str, table, steps) -> None:
@@ -174,49 +165,57 @@ def _plot(path: str, table, steps) -> None:
         mean, std = np.asarray(row["curve_mean"]), np.asarray(row["curve_std"])
         label = f"lr={row['learning_rate']:g} sparsity={row['sparsity']:g} (n={row['n']})"
         (line,) = ax.plot(steps, mean, label=label)
-        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        if row["n"] > 1:
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_ylabel(f"test accuracy (mean ± {common.SPREAD} over seeds)")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--out", default="runs/sweeps")
-    parser.add_argument("--task-index", type=int, default=None)
-    parser.add_argument("--num-tasks", type=int, default=None)
-    parser.add_argument("--merge-only", action="store_true")
-    parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
-    parser.add_argument("--cpu-devices", default="auto", help=common.CPU_DEVICES_HELP)
-    args = parser.parse_args(argv)
-
-    from jaxsparse import sweep
-
-    config = common.apply_overrides(common.load_config(args.config), args.set)
+def _task(args) -> tuple[int, int]:
     env_index = os.environ.get("SLURM_ARRAY_TASK_ID")
     index = args.task_index if args.task_index is not None else int(env_index or 0)
     num = args.num_tasks if args.num_tasks is not None else int(
         os.environ.get("SLURM_ARRAY_TASK_COUNT", 1))
-    # Both before any JAX operation: the CPU device count, then multi-host start-up.
-    grid = sweep.grid(**{a: list(config[a]) for a in AXES})
-    common.cpu_devices(args.cpu_devices, len(sweep.task_slice(grid, index, num)))
-    sweep.init_distributed()  # multi-host when SLURM / JAX_COORDINATOR_ADDRESS say so
-    out = os.path.join(args.out, f"{config.name}-{common.config_hash(config)}")
-    os.makedirs(out, exist_ok=True)
-    common.write_json(os.path.join(out, "config.json"), common.to_dict(config))
-    if not args.merge_only:
-        run_task(config, out, index, num)
-    done = len(glob.glob(os.path.join(out, "task_*", "results.jsonl")))
-    if args.merge_only or done == num:
-        merge(out)
-        print(f"wrote {out}/table.txt, table.json, accuracy.png")
-    else:
-        print(f"{done}/{num} tasks finished; merge with --merge-only when all are done")
+    if not 0 <= index < num:
+        raise cli.UsageError(f"--task-index {index} must be in [0, --num-tasks={num})")
+    return index, num
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, out="runs/sweeps")
+    p.add_argument("--task-index", type=int, default=None)
+    p.add_argument("--num-tasks", type=int, default=None)
+    p.add_argument("--merge-only", action="store_true")
+
+    def members(config: Any, args) -> int:
+        from jaxsparse import sweep
+
+        index, num = _task(args)
+        return len(sweep.task_slice(sweep.grid(**{a: list(config[a]) for a in AXES}),
+                                    index, num))
+
+    def run(config: Any, args) -> None:
+        from jaxsparse import sweep
+
+        index, num = _task(args)
+        sweep.init_distributed()  # multi-host when SLURM / JAX_COORDINATOR_ADDRESS say so
+        dataset = common.load_dataset(config)
+        out = common.run_dir(args.out, config, dataset=dataset)
+        if not args.merge_only:
+            run_task(config, out, index, num, dataset=dataset, show_progress=not args.quiet)
+        done = len(glob.glob(os.path.join(out, "task_*", "results.jsonl")))
+        if args.merge_only or done == num:
+            merge(out)
+            print(f"wrote {out}/table.txt, table.csv, table.json, accuracy.png")
+        else:
+            print(f"{done}/{num} tasks finished; merge with --merge-only when all are done")
+
+    return cli.main(p, argv, run, validate=validate, members=members)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

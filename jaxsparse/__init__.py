@@ -1,9 +1,11 @@
 """jaxsparse: a JAX-native sparsity toolkit.
 
 Pure functions on pytrees: mask pytrees, scores, exact selection, optax integration,
-lottery tickets, supermasks, N:M sparsity and population sweeps. Importing jaxsparse is
-light (jax and optax only): ``jaxsparse.models``, ``jaxsparse.data``, ``jaxsparse.train`` and
-``jaxsparse.checkpoint`` load flax / tensorflow-datasets / orbax on first attribute access.
+pruning algorithms (``pruners``) run by one trainer (``train``), lottery tickets, supermasks,
+N:M sparsity, population sweeps, and the analyses of what sparsity costs (``forgetting``,
+``lca``, ``relearn``, ``oneshot``). Importing jaxsparse is light (jax and optax only): the
+modules that need flax / tensorflow-datasets / orbax / pyarrow / scipy load on first
+attribute access (``js.models``, ``js.data``, ``js.train``, ``js.checkpoint``, ...).
 
 >>> import jaxsparse as js
 >>> params = {"w": jnp.arange(20.0).reshape(4, 5), "b": jnp.zeros(5)}
@@ -24,6 +26,7 @@ from jaxsparse import (
     nm_permute,
     nm_train,
     optim,
+    pruners,
     rules,
     scores,
     select,
@@ -32,7 +35,16 @@ from jaxsparse import (
     sweep_io,
     testing,
 )
-from jaxsparse.lottery import Plan, export_ticket, load_ticket, prune_and_rewind, rewind
+from jaxsparse.lottery import (
+    Plan,
+    Ticket,
+    export_ticket,
+    imp,
+    load_ticket,
+    prune_and_rewind,
+    read_ticket,
+    rewind,
+)
 from jaxsparse.masks import (
     apply_masks,
     count_kept,
@@ -41,6 +53,7 @@ from jaxsparse.masks import (
     difference,
     intersect,
     invert,
+    nonzero_pruned,
     ones_like,
     report,
     sparsity,
@@ -51,7 +64,7 @@ from jaxsparse.nm import NM, is_nm, nm_mask, nm_masks, reduction_axis
 from jaxsparse.nm_export import NMCompressed, compress, decompress, export_cutlass, nm_matmul
 from jaxsparse.nm_permute import permute, search_permutation
 from jaxsparse.nm_train import sparse_weight, sr_ste, sr_ste_decay, ste, transposable_mask
-from jaxsparse.optim import masked, reset_moments
+from jaxsparse.optim import masked, masked_apply_gradients, reset_moments
 from jaxsparse.select import Block, num_pruned, prune
 from jaxsparse.supermask import (
     Supermask,
@@ -75,7 +88,8 @@ from jaxsparse.sweep import (
 __version__ = "0.1.0"
 
 # Submodules with heavier dependencies, imported on first use: ``js.models``, ``js.data``...
-_LAZY = ("models", "data", "train", "checkpoint")
+_LAZY = ("models", "data", "train", "checkpoint", "flax_utils", "forgetting", "lca", "relearn",
+         "oneshot", "textdata")
 
 
 def __getattr__(name: str):
@@ -91,11 +105,12 @@ def __dir__():
 __all__ = [
     # masks and rules
     "apply_masks", "count_kept", "count_total", "density", "difference", "intersect",
-    "invert", "ones_like", "report", "sparsity", "union", "validate",
+    "invert", "nonzero_pruned", "ones_like", "report", "sparsity", "union", "validate",
     # selection, scores, optax
-    "Block", "num_pruned", "prune", "masked", "reset_moments",
+    "Block", "num_pruned", "prune", "masked", "masked_apply_gradients", "reset_moments",
     # lottery tickets
-    "Plan", "export_ticket", "load_ticket", "prune_and_rewind", "rewind",
+    "Plan", "Ticket", "export_ticket", "imp", "load_ticket", "prune_and_rewind", "read_ticket",
+    "rewind",
     # N:M
     "NM", "is_nm", "nm_mask", "nm_masks", "reduction_axis", "NMCompressed", "compress",
     "decompress", "export_cutlass", "nm_matmul", "permute", "search_permutation",
@@ -107,6 +122,6 @@ __all__ = [
     "init_distributed", "init_population", "make_mesh", "merge_results", "population_map",
     "shard_population", "task_slice", "train_population",
     # submodules
-    "lottery", "masks", "nm", "nm_export", "nm_permute", "nm_train", "optim", "rules",
+    "lottery", "masks", "nm", "nm_export", "nm_permute", "nm_train", "optim", "pruners", "rules",
     "scores", "select", "supermask", "sweep", "sweep_io", "testing", *_LAZY,
 ]

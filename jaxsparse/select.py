@@ -211,7 +211,7 @@ class _Plan:
     groups: tuple[int, ...]  # group id of each prunable leaf (groups are contiguous)
     n_groups: int
     sizes: tuple[int, ...]  # units (entries or blocks) per prunable leaf
-    erk_raw: tuple[float, ...]  # ERK factor sum(shape)/prod(shape) per leaf
+    erk: _Erk | None  # ERK allocation (kind "erk" only)
     block: Block | None
 
     @functools.cached_property
@@ -276,23 +276,168 @@ def _segment_sums(x: jax.Array, ids: np.ndarray, n: int) -> jax.Array:
     return cs[ends] - cs[starts]
 
 
-def _erk_sparsities(plan: _Plan, sparsity: jax.Array) -> jax.Array:
-    """Per-leaf sparsity from ERK: density_l = min(1, eps * raw_l), total kept = (1-s) N."""
-    n = jnp.asarray(plan.sizes, jnp.float32)
-    raw = jnp.asarray(plan.erk_raw, jnp.float32)
-    target = (1.0 - sparsity) * jnp.sum(n)
+def _mul64(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``x * y`` of uint32 arrays as an exact ``(hi, lo)`` pair of uint32 words."""
+    xl, xh = x & 0xFFFF, x >> 16
+    yl, yh = y & 0xFFFF, y >> 16
+    lo = xl * yl
+    mid1, mid2 = xh * yl, xl * yh
+    mid = mid1 + mid2
+    carry = (mid < mid1).astype(jnp.uint32)  # the middle sum may wrap (by one bit)
+    lo2 = lo + (mid << 16)
+    hi = xh * yh + (mid >> 16) + (carry << 16) + (lo2 < lo).astype(jnp.uint32)
+    return hi, lo2
 
-    # A leaf whose density would exceed 1 is made dense and the others absorb the rest; a
-    # fixed point is reached after at most one round per leaf.
-    def solve(dense):
-        free = jnp.sum(jnp.where(dense, 0.0, raw * n))
-        return (target - jnp.sum(jnp.where(dense, n, 0.0))) / jnp.where(free > 0, free, 1.0)
 
-    dense = lax.fori_loop(
-        0, len(plan.sizes), lambda _, d: d | (solve(d) * raw > 1.0), jnp.zeros(n.shape, bool)
+def _gt64(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """``a > b`` for ``(hi, lo)`` uint32 pairs."""
+    return (a[0] > b[0]) | ((a[0] == b[0]) & (a[1] > b[1]))
+
+
+def _divmod64(hi: jax.Array, lo: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Low 32 bits of ``(hi, lo) // d`` and the remainder, for uint32 ``0 < d < 2**27``.
+
+    Long division in base 16, most significant digit first: the running remainder stays
+    below ``16 * d < 2**31``.
+    """
+
+    def digit(i, qr):
+        q, r = qr
+        off = jnp.uint32(60) - 4 * i.astype(jnp.uint32)
+        word = jnp.where(off >= 32, hi >> (off & 31), lo >> (off & 31))
+        r = r * 16 + (word & 15)
+        return q * 16 + r // d, r % d
+
+    zero = jnp.zeros_like(lo)
+    return lax.fori_loop(0, 16, digit, (zero, zero))
+
+
+_ERK_MAX_WEIGHT = 2**27  # sum over leaves of sum(shape): bound of the exact long division
+
+
+@dataclasses.dataclass(frozen=True)
+class _Erk:
+    """Static part of the ERK allocation: units per leaf and weights ``sum(shape)``."""
+
+    sizes: tuple[int, ...]
+    weights: tuple[int, ...]
+
+    def __post_init__(self):
+        if sum(self.weights) >= _ERK_MAX_WEIGHT:
+            raise ValueError(
+                f"ERK supports a total of sum(shape) over leaves below 2**27, got "
+                f"{sum(self.weights)}"
+            )
+
+    @functools.cached_property
+    def order(self) -> np.ndarray:
+        """Leaves by density factor ``weight / size``, largest first (ties: lower index).
+
+        The leaves ERK makes dense are always a prefix of this order (the share of a leaf
+        is proportional to its weight, so the leaf with the largest factor fills up first).
+        """
+        w, n = self.weights, self.sizes
+        cmp = lambda i, j: (w[j] * n[i] - w[i] * n[j]) or (i - j)  # noqa: E731
+        return np.asarray(sorted(range(len(n)), key=functools.cmp_to_key(cmp)), np.int64)
+
+
+def _erk_kept(erk: _Erk, sparsity: jax.Array) -> jax.Array:
+    """Kept units per leaf under ERK at overall ``sparsity`` (int32 ``[leaves]``), exactly.
+
+    The total is the uniform budget ``K = N - num_pruned(sparsity, N)``. With the first ``p``
+    leaves of ``erk.order`` dense (``D`` units) the others share ``K - D`` in proportion to
+    their weights (``A`` in all): leaf ``l`` gets ``(K - D) * w_l / A``. ``p`` is the smallest
+    for which the next leaf's share does not exceed its size (a leaf that would exceed density
+    1 is kept dense and the rest re-solved, as in the RigL code). Every free leaf gets the
+    floor of its share; the ``R`` units left over (fewer than the free leaves) go one each to
+    the free leaves with the largest remainders, ties to the lower leaf index. Exact integer
+    arithmetic (64-bit products as pairs of uint32 words), so traced and Python sparsities
+    agree and each leaf is within one unit of its share.
+    """
+    order = erk.order
+    n = np.asarray(erk.sizes, np.int64)[order]
+    w = np.asarray(erk.weights, np.int64)[order]
+    dense = np.concatenate([[0], np.cumsum(n)])  # D_p, p = 0..L
+    free = np.concatenate([np.cumsum(w[::-1])[::-1], [0]])  # A_p
+    total = int(dense[-1])
+    budget = jnp.int32(total) - _num_pruned(sparsity, jnp.int32(total))
+    # ok[p]: with p leaves dense, the share of leaf order[p] is at most its size.
+    rest = jnp.maximum(budget - jnp.asarray(dense[:-1], jnp.int32), 0).astype(jnp.uint32)
+    share = _mul64(rest, jnp.asarray(w, jnp.uint32))
+    room = _mul64(jnp.asarray(n, jnp.uint32), jnp.asarray(free[:-1], jnp.uint32))
+    ok = jnp.concatenate([~_gt64(share, room), jnp.ones((1,), bool)])
+    p = jnp.argmax(ok)
+    is_dense = jnp.arange(len(n)) < p
+    rest = jnp.maximum(budget - jnp.asarray(dense, jnp.int32)[p], 0).astype(jnp.uint32)
+    a = jnp.maximum(jnp.asarray(free, jnp.uint32)[p], 1)  # A_p (0 only when all are dense)
+    q, r = _divmod64(*_mul64(rest, jnp.asarray(w, jnp.uint32)), a)
+    q = jnp.where(is_dense, 0, q).astype(jnp.int32)
+    r = jnp.where(is_dense, 0, r)
+    left = rest.astype(jnp.int32) - jnp.sum(q)
+    # rank of each free leaf's remainder: larger first, ties to the lower leaf index
+    beats = (r[None, :] > r[:, None]) | (
+        (r[None, :] == r[:, None]) & (order[None, :] < order[:, None])
     )
-    density = jnp.where(dense, 1.0, jnp.clip(solve(dense) * raw, 0.0, 1.0))
-    return 1.0 - density
+    rank = jnp.sum(beats & ~is_dense[None, :], axis=1)
+    extra = (~is_dense & (rank < left)).astype(jnp.int32)
+    kept = jnp.where(is_dense, jnp.asarray(n, jnp.int32), q + extra)
+    return jnp.zeros(len(n), jnp.int32).at[order].set(kept)
+
+
+_erk_kept_jit = jax.jit(_erk_kept, static_argnums=0)
+
+
+def erk_kept(shapes: Sequence[Sequence[int]], sparsity: float | jax.Array) -> list[int] | jax.Array:
+    """Entries each leaf keeps under the ERK allocation at overall ``sparsity`` (exact).
+
+    What :func:`prune` with ``allocation="erk"`` keeps per prunable leaf (in tree order): the
+    total is exactly the uniform budget ``N - num_pruned(sparsity, N)``, each leaf within one
+    entry of its Erdos-Renyi-Kernel share (density proportional to ``sum(shape) /
+    prod(shape)``, leaves that would exceed density 1 kept dense). The leftover entries after
+    rounding every share down go one each to the leaves with the largest remainders (ties: the
+    lower leaf index). A Python ``sparsity`` gives a list of ints; a traced or array one an
+    int32 array.
+
+    >>> kept = erk_kept([(3, 3, 4, 8), (400, 300), (300, 2)], 0.9)
+    >>> kept, sum(kept) == 120888 - num_pruned(0.9, 120888)
+    ([288, 11201, 600], True)
+
+    References:
+      Evci et al. 2020 (ICML), "Rigging the Lottery" (``get_sparsities_erdos_renyi``).
+    """
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    for i, s in enumerate(shapes):
+        if not s or int(np.prod(s)) == 0:
+            raise ValueError(f"erk_kept: leaf {i} has shape {s}; need a non-empty array")
+    erk = _Erk(tuple(int(np.prod(s)) for s in shapes), tuple(sum(s) for s in shapes))
+    if sum(erk.sizes) >= 2**31:
+        raise ValueError(f"erk_kept supports < 2**31 entries, got {sum(erk.sizes)}")
+    if not _is_concrete(sparsity):
+        return _erk_kept_jit(erk, jnp.asarray(sparsity, jnp.float32))
+    _check_fraction(sparsity, "sparsity", upper_open=True)
+    kept = _erk_kept_host(erk, float(np.asarray(sparsity)))
+    return jnp.asarray(kept, jnp.int32) if isinstance(sparsity, jax.Array) else kept
+
+
+def _erk_kept_host(erk: _Erk, sparsity: float) -> list[int]:
+    """:func:`_erk_kept` for a concrete sparsity, in Python integers (no compilation)."""
+    order = [int(i) for i in erk.order]
+    n = [erk.sizes[i] for i in order]
+    w = [erk.weights[i] for i in order]
+    budget = sum(n) - num_pruned(sparsity, sum(n))
+    p, dense, free = 0, 0, sum(w)
+    while p < len(n) and max(budget - dense, 0) * w[p] > n[p] * free:
+        dense, free, p = dense + n[p], free - w[p], p + 1
+    rest = max(budget - dense, 0)
+    qr = [divmod(rest * w[j], max(free, 1)) for j in range(p, len(n))]
+    left = rest - sum(q for q, _ in qr)
+    ranked = sorted(range(len(qr)), key=lambda j: (-qr[j][1], order[p + j]))
+    bonus = set(ranked[:left])
+    kept = n[:p] + [q + (j in bonus) for j, (q, _) in enumerate(qr)]
+    out = [0] * len(n)
+    for i, c in zip(order, kept, strict=True):
+        out[i] = c
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("plan",))
@@ -324,11 +469,11 @@ def _core(plan: _Plan, scores, masks, sparsity, rates):
         target_keep = g_kept - _num_pruned(sparsity, g_kept)
     else:
         if plan.kind == "erk":
-            group_sp = _erk_sparsities(plan, sparsity)
+            target_keep = _erk_kept(plan.erk, sparsity)
         else:
             group_sp = jnp.broadcast_to(sparsity, (plan.n_groups,))
-        g_sizes = jnp.asarray(plan.group_sizes, jnp.int32)
-        target_keep = g_sizes - _num_pruned(group_sp, g_sizes)
+            g_sizes = jnp.asarray(plan.group_sizes, jnp.int32)
+            target_keep = g_sizes - _num_pruned(group_sp, g_sizes)
     diag["target_keep"], diag["kept"] = target_keep, g_kept
     k = jnp.minimum(target_keep, g_kept)  # traced targets below current prune nothing more
     return _unpack(plan, _select(plan, keys, k), shapes), diag
@@ -452,7 +597,8 @@ def prune(
       allocation: distribute a global ``sparsity`` per leaf instead of one threshold:
         ``"uniform"`` (same as ``scope="layerwise"``) or ``"erk"`` (Erdos-Renyi-Kernel:
         density proportional to ``sum(shape) / prod(shape)``, leaves that would exceed density
-        1 are kept dense and the rest re-solved; each leaf's count follows the rounding rule).
+        1 are kept dense and the rest re-solved; the total kept is exactly the uniform budget
+        and each leaf is within one entry of its share, see :func:`erk_kept`).
       fraction_of_remaining: prune this fraction (in ``[0, 1]``) of the entries still kept:
         ``num_pruned(f, kept)`` of them over the whole tree with ``scope="global"`` (one
         threshold; open_lth's global "prune 20% of what is left"), or of each leaf's kept
@@ -565,7 +711,7 @@ def prune(
         groups=groups,
         n_groups=max(groups) + 1,
         sizes=unit_sizes,
-        erk_raw=tuple(float(sum(shp) / np.prod(shp)) for shp in shapes),
+        erk=_Erk(unit_sizes, tuple(int(sum(shp)) for shp in shapes)) if kind == "erk" else None,
         block=block,
     )
     new, diag = _core(plan, ps, pm, sp, rate_values)

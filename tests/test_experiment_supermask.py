@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import common, lottery
+from experiments import common
 from experiments import supermask as driver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +79,9 @@ def test_edge_popup_replicates_run_as_one_sharded_population(edge_popup_4):
     test_acc = results["final"]["test_accuracy"]
     assert len(test_acc) == 4 and len({round(v, 6) for v in results["final"]["val_loss"]}) == 4
     assert results["final_mean"]["test_accuracy"] == pytest.approx(np.mean(test_acc))
-    assert results["final_std"]["test_accuracy"] == pytest.approx(np.std(test_acc))
+    # the one spread of every driver: the sample std (ddof 1), labelled in results.json
+    assert results["final_std"]["test_accuracy"] == pytest.approx(np.std(test_acc, ddof=1))
+    assert results["spread"] == "sample std (ddof=1)"
     assert results["density"] == [0.5] * 4  # top-k keeps exactly k per layer
     assert np.asarray(results["history"]["val_loss"]).shape == (3, 4)  # [evaluations, R]
     rows = read_csv(os.path.join(path, "replicates.csv"))
@@ -94,8 +96,8 @@ def test_edge_popup_replicates_run_as_one_sharded_population(edge_popup_4):
 def single(edge_popup_4):
     # The pieces of the same run, built outside the driver, and one replicate's init, jitted.
     config = tiny_config(EDGE_POPUP, 4)
-    dataset = lottery.load_dataset(config)
-    fn = lottery.build_model(config, dataset)
+    dataset = common.load_dataset(config)
+    fn = common.build_model(config, dataset)
     sm = driver.build_supermask(config, fn.apply_fn)
     tx = driver.build_optimizer(config, config.num_steps)
     init = jax.jit(lambda k: driver.init_member(fn, sm, tx, k))
@@ -153,7 +155,7 @@ def test_learned_population_reports_expected_mask_accuracy_per_replicate(tmp_pat
     assert [float(r["expected_mask_test_accuracy"]) for r in rows] == pytest.approx(em)
 
 
-def test_cli_replicates_flags(monkeypatch):
+def test_cli_replicates_flags(monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(driver, "run_training", lambda config, out, **kw: seen.append(config))
     driver.main(["--config", EDGE_POPUP, "--replicates", "3", "--cpu-devices", "4"])
@@ -163,5 +165,8 @@ def test_cli_replicates_flags(monkeypatch):
     assert [c.get("replicates") for c in seen] == [3, 2, None, None]
     # a single run keeps its run directory: --replicates 1 adds nothing to the hash
     assert common.config_hash(seen[2]) == common.config_hash(seen[3])
-    with pytest.raises(ValueError, match="replicates"):
+    # a user error: argparse-style exit 2 naming the problem, before anything runs
+    with pytest.raises(SystemExit) as e:
         driver.main(["--config", EDGE_POPUP, "--replicates", "2", "--mode", "at_init"])
+    assert e.value.code == 2
+    assert "replicates > 1" in capsys.readouterr().err

@@ -40,7 +40,8 @@ def _ids(paths):
 def test_all_notebooks_present():
     names = {p.stem for p in SOURCES}
     assert names >= {"01_quickstart", "02_lottery_ticket", "03_supermasks", "04_nm_sparsity",
-                     "05_sweeps_on_tpu"}, names
+                     "05_sweeps_on_tpu", "06_what_pruned_networks_forget",
+                     "07_loss_change_allocation"}, names
 
 
 def _kernel_env() -> dict[str, str]:
@@ -67,11 +68,14 @@ def kernel_manager_class(tmp_path_factory) -> type[AsyncKernelManager]:
     root = tmp_path_factory.mktemp("kernels")
     spec_dir = root / KERNEL
     spec_dir.mkdir()
+    # What a notebook writes goes to JAXSPARSE_OUT (or a temporary directory of its own).
+    out = root / "outputs"
+    out.mkdir()
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "jaxsparse smoke (test)",
         "language": "python",
-        "env": _kernel_env(),
+        "env": {**_kernel_env(), "JAXSPARSE_OUT": str(out)},
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     specs = KernelSpecManager(kernel_dirs=[str(root)], ensure_native_kernel=False)
@@ -105,6 +109,8 @@ def test_notebook_runs_and_plots(source: Path, tmp_path: Path, kernel_manager_cl
     assert images, f"{source.name}: no image/png output (plots did not render)"
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "smoke mode: True" in text, f"{source.name} did not select smoke mode:\n{text[:500]}"
+    # nothing written into the working directory (outputs go to JAXSPARSE_OUT / a temp dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], f"{source.name} wrote into the cwd"
 
 
 def _cells(nb) -> list[tuple[str, str]]:

@@ -207,17 +207,48 @@ def ref_erk(shapes, sparsity):
         dense = new
 
 
+def ref_erk_counts(shapes, sparsity):
+    """Exact ERK counts: the RigL rule in integers, shares rounded down, the leftover entries
+    one each to the largest remainders (ties: lower leaf index)."""
+    n = [int(np.prod(s)) for s in shapes]
+    w = [sum(s) for s in shapes]
+    budget = sum(n) - select.num_pruned(sparsity, sum(n))
+    dense = set()
+    while True:
+        d = sum(n[i] for i in dense)
+        a = sum(w[i] for i in range(len(n)) if i not in dense)
+        new = {i for i in range(len(n)) if i not in dense and (budget - d) * w[i] > n[i] * a}
+        if not new:
+            break
+        dense |= new
+    out, rem = [], []
+    for i in range(len(n)):
+        q, r = (n[i], -1) if i in dense else divmod((budget - d) * w[i], a)
+        out.append(q)
+        rem.append(r)
+    for i in sorted((i for i in range(len(n)) if i not in dense), key=lambda i: (-rem[i], i))[
+            : budget - sum(out)]:
+        out[i] += 1
+    return out
+
+
 def test_erk_matches_reference_with_redistribution():
-    p = {"conv": jnp.ones((3, 3, 4, 8)), "fc": jnp.ones((400, 300)), "out": jnp.ones((300, 2))}
+    shapes = [(3, 3, 4, 8), (400, 300), (300, 2)]
+    p = {"conv": jnp.ones(shapes[0]), "fc": jnp.ones(shapes[1]), "out": jnp.ones(shapes[2])}
     sc = js.scores.random(p, key=jax.random.key(1))
-    for sp in (0.5, 0.9):
-        dens = ref_erk([(3, 3, 4, 8), (400, 300), (300, 2)], sp)
-        assert dens[2] == 1.0 or sp == 0.9  # the thin output layer gets dense at 50%
+    total = sum(int(np.prod(s)) for s in shapes)
+    for sp in (0.5, 0.9, 0.123457, 0.99):
+        dens = ref_erk(shapes, sp)
+        assert dens[2] == 1.0 or sp >= 0.9  # the thin output layer gets dense at 50%
+        want = ref_erk_counts(shapes, sp)
+        assert sum(want) == total - select.num_pruned(sp, total)  # the exact uniform budget
+        for c, d, s in zip(want, dens, shapes, strict=True):  # within 1 of the real share
+            assert abs(c - d * np.prod(s)) < 1 + 1e-6
+        # prune computes the counts from a traced sparsity (inside its jitted core), erk_kept
+        # from the Python float on the host: both equal the reference
         m = js.prune(sc, js.ones_like(p), sparsity=sp, allocation="erk")
-        for leaf, d, name in zip(prunable(m), dens, "abc", strict=True):
-            want = leaf.size - select.num_pruned(1 - d, leaf.size)
-            assert abs(int(leaf.sum()) - want) <= 1, name  # float32 vs float64 densities
-        assert abs(float(js.sparsity(m)) - sp) < 2e-3
+        assert [int(x.sum()) for x in prunable(m)] == want, sp
+        assert select.erk_kept(shapes, sp) == want
     # uniform allocation == layerwise
     a = js.prune(sc, js.ones_like(p), sparsity=0.7, allocation="uniform")
     b = js.prune(sc, js.ones_like(p), sparsity=0.7, scope="layerwise")
