@@ -38,3 +38,21 @@ def test_readme_example_prunes_zeroes_trains_and_keeps_pruned_entries_zero(capsy
     assert pruned == 6660 and kept == 740  # 90% of the 7,400 kernel entries, exactly
     assert float(namespace["loss"]) < 1.0  # it learned (log(10) = 2.30 at the start)
     assert "TOTAL" in capsys.readouterr().out  # the printed report
+
+
+def test_readme_pruner_and_imp_example_runs(capsys):
+    text = README.read_text()
+    section = text[text.index("## Pruning algorithms and the one trainer"):]
+    section = section[:section.index("\n## ", 1)]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    namespace: dict = {"__name__": "readme_pruners"}
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - the README is ours
+    import jaxsparse as js
+
+    masks0, final = namespace["masks0"], namespace["result"].state.masks
+    assert int(js.count_kept(final)) == int(js.count_kept(masks0))  # RigL keeps the count
+    assert not js.masks.equal(final, masks0)  # ... and moved connections
+    assert js.masks.nonzero_pruned(namespace["result"].state.params, final) == {}
+    rows = [(r["level"], r["branch"]) for r in namespace["results"]]
+    assert rows == [(0, "ticket"), (1, "ticket"), (1, "reinit"), (2, "ticket"), (2, "reinit")]
+    assert "RigL at 90%" in capsys.readouterr().out
