@@ -455,7 +455,9 @@ def make_eval(
     """``eval_fn(params, model_state, masks, x, y) -> {"loss", "accuracy"}`` over a whole set.
 
     One ``lax.scan`` over batches of ``batch_size`` (the last batch is padded and the padding
-    weighted out), ``train=False``, masked params. Pure and vmappable over params.
+    weighted out), ``train=False``, masked params. Pure and vmappable over params. Labels may
+    carry trailing axes (a language model's ``[batch, time]`` next-token targets): an
+    example's loss and accuracy are then the means over them.
     """
 
     def eval_fn(params, model_state, masks, x, y):
@@ -465,16 +467,19 @@ def make_eval(
         nb = -(-n // bs)
         pad = nb * bs - n
         xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-        yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]) if pad else y
+        yp = jnp.concatenate([y, jnp.zeros((pad, *y.shape[1:]), y.dtype)]) if pad else y
         wp = (jnp.arange(nb * bs) < n).astype(jnp.float32)
         xs = xp.reshape(nb, bs, *x.shape[1:])
-        ys, ws = yp.reshape(nb, bs), wp.reshape(nb, bs)
+        ys, ws = yp.reshape(nb, bs, *y.shape[1:]), wp.reshape(nb, bs)
+
+        def per_example(v):
+            return jnp.mean(v.reshape(v.shape[0], -1).astype(jnp.float32), axis=1)
 
         def body(carry, batch):
             xb, yb, wb = batch
             logits, _ = apply_fn(params, model_state, xb, train=False, key=jax.random.key(0))
-            loss = jnp.sum(loss_fn(logits, yb) * wb)
-            correct = jnp.sum((jnp.argmax(logits, -1) == yb).astype(jnp.float32) * wb)
+            loss = jnp.sum(per_example(loss_fn(logits, yb)) * wb)
+            correct = jnp.sum(per_example(jnp.argmax(logits, -1) == yb) * wb)
             return (carry[0] + loss, carry[1] + correct), None
 
         zero = jnp.zeros((), jnp.float32)

@@ -229,3 +229,20 @@ def test_cpu_groups_carry_the_state_in_place_and_equal_one_vmap(group):
     keyless = lambda o: (o[0]._replace(key=jax.random.key_data(o[0].key)), o[1])  # noqa: E731
     for a, b in zip(jax.tree.leaves(keyless(ref)), jax.tree.leaves(keyless(out)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_eval_with_sequence_labels_averages_over_time():
+    # a language model's [batch, time] targets: per-example means, padding weighted out
+    w = jax.random.normal(jax.random.key(0), (3, 5))
+    apply_fn = lambda p, ms, x, *, train, key: (x @ p["w"], ms)  # noqa: E731
+    x = jax.random.normal(jax.random.key(1), (7, 4, 3))
+    y = jax.random.randint(jax.random.key(2), (7, 4), 0, 5)
+    loss_fn = lambda logits, labels: train.cross_entropy(logits, labels)  # noqa: E731
+    out = train.make_eval(apply_fn, batch_size=3, loss_fn=loss_fn)(
+        {"w": w}, {}, {"w": jnp.ones((3, 5), bool)}, x, y)
+    logits = np.asarray(x @ w)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ref_loss = -np.take_along_axis(logp, np.asarray(y)[..., None], -1)[..., 0].mean()
+    ref_acc = (logits.argmax(-1) == np.asarray(y)).mean()
+    np.testing.assert_allclose(float(out["loss"]), ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(out["accuracy"]), ref_acc, rtol=1e-6)

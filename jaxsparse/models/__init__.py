@@ -9,6 +9,7 @@ lottery paper's "output layer at 10%" rule on every model). Constructors take
 factory        model                                       init
 =============  ==========================================  ===================================
 ``lenet300``   LeNet-300-100 (784-300-100-10, ReLU)         Glorot normal, zero biases
+``gpt``        decoder-only byte-level GPT ([B, T] tokens)  normal(0.02), zero biases
 ``conv2/4/6``  Conv-2/4/6 (Frankle & Carbin 2019), no BN    Glorot normal, zero biases
 ``resnet20``   CIFAR ResNet-20 (16-32-64, BN)              Kaiming normal (fan-in)
 ``vgg16``      VGG-16 with BN                              Kaiming normal (fan-in)
@@ -40,13 +41,14 @@ from jaxsparse import flax_utils
 from jaxsparse.models.conv import ConvNet, conv2, conv4, conv6
 from jaxsparse.models.lenet import LeNet300, LeNet300Linen, lenet300
 from jaxsparse.models.resnet import ResNet, resnet20
+from jaxsparse.models.transformer import Transformer, gpt
 from jaxsparse.models.vgg import VGG16, vgg16
 
 PyTree = Any
 
 __all__ = [
     "ConvNet", "Functional", "LeNet300", "LeNet300Linen", "ResNet", "VGG16", "conv2", "conv4",
-    "conv6", "functional", "lenet300", "resnet20", "vgg16",
+    "conv6", "functional", "gpt", "lenet300", "resnet20", "vgg16", "Transformer",
 ]
 
 
