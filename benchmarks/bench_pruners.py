@@ -18,6 +18,12 @@ Every variant is ONE jitted ``lax.scan`` over ``--steps`` steps of the trainer's
                     (exact per-layer top-k by |w|) in every step;
   * rigl_dT100:     RigL with its usual ``frequency=100`` (one update per 100 steps).
 
+And single steps in a realistic state (after 100 training steps with ``frequency=100``, so
+the weights grown at step 0 have trained): ONE jitted ``make_step`` called at a step where the
+update is due (step 100) and at one where it is not (step 101), interleaved: the RigL / GMP
+"mask-update step vs ordinary step" ratio as a training run sees it (dispatch included in
+both).
+
 Reported: median and best (minimum) seconds per step over interleaved rounds, each variant's
 ratio to the masked step (the update's own cost = ratio - 1), and masked vs dense. Also the
 pruner's ``update`` alone (jitted, per call). On a shared machine the best-of-rounds ratios
@@ -135,6 +141,31 @@ def main() -> None:
     ratio = {k: med[k] / med["masked"] for k in runs}
     ratio_best = {k: best[k] / best["masked"] for k in runs}
 
+    # single steps in a trained state: due (step 100) vs not due (step 101), same program
+    single = {}
+    for name, pruner in (("rigl", pruners.rigl(end_step=never_ends, frequency=100)),
+                         ("gmp", pruners.gmp(final_sparsity=0.95, initial_sparsity=0.9,
+                                             begin_step=0, end_step=never_ends,
+                                             frequency=100))):
+        step = train.make_step(fn.apply_fn, tx, pruner=pruner)
+        st = train.init_state(params, tx, key=jax.random.key(1), model_state=fn.model_state,
+                              masks=masks, pruner=pruner)
+        st = jax.jit(lambda s, step=step: jax.lax.scan(
+            lambda s, b: (step(s, b)[0], None), s, (xs, ys))[0])(st)
+        one = jax.jit(lambda s, b, step=step: step(s, b)[0])
+        batch = (xs[0], ys[0])
+        due = st._replace(step=jnp.int32(100))
+        not_due = st._replace(step=jnp.int32(101))
+        for s_ in (due, not_due):
+            jax.block_until_ready(one(s_, batch))
+        ts = {"due": [], "not_due": []}
+        for _ in range(rounds * 25):
+            for k, s_ in (("due", due), ("not_due", not_due)):
+                t = time.perf_counter()
+                jax.block_until_ready(one(s_, batch))
+                ts[k].append(time.perf_counter() - t)
+        single[name] = {k: (statistics.median(v), min(v)) for k, v in ts.items()}
+
     # the pruner update alone, jitted (per call)
     grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(3), p.shape) * 1e-3, params)
     update_s, update_best = {}, {}
@@ -163,6 +194,11 @@ def main() -> None:
           f"{best['masked'] / best['dense']:.3f} (best)")
     print("update alone, median / best (us): " + ", ".join(
         f"{k} {update_s[k] * 1e6:.0f} / {update_best[k] * 1e6:.0f}" for k in update_s))
+    for name, d in single.items():
+        (md, bd), (mn, bn) = d["due"], d["not_due"]
+        print(f"single {name} step in a trained state, due vs not due: median {md * 1e6:.0f} / "
+              f"{mn * 1e6:.0f} us = {md / mn:.3f}x, best {bd * 1e6:.0f} / {bn * 1e6:.0f} us = "
+              f"{bd / bn:.3f}x")
     print(f"rigl changed {changed} mask entries over {steps} updates; gmp kept {gmp_kept}")
     result = dict(
         benchmark="pruners",
@@ -179,6 +215,12 @@ def main() -> None:
         best_s_per_step=best,
         best_ratio_vs_masked=ratio_best,
         best_masked_vs_dense=best["masked"] / best["dense"],
+        single_step_due_vs_not_due={
+            name: dict(median_s=[d["due"][0], d["not_due"][0]],
+                       best_s=[d["due"][1], d["not_due"][1]],
+                       ratio_median=d["due"][0] / d["not_due"][0],
+                       ratio_best=d["due"][1] / d["not_due"][1])
+            for name, d in single.items()},
         update_alone_median_s=update_s,
         update_alone_best_s=update_best,
         compile_s=compile_s,

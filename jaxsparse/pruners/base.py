@@ -287,14 +287,15 @@ def leaf_paths(masks: PyTree) -> list[str]:
 # (b - first block of the leaf) * _ROWS * _LANES + r * _LANES + l. A counting pass compares
 # every key with three thresholds of its group, packs the three 0/1 results in 10-bit fields
 # of one int32 and sums over the rows of each block (adds of whole rows of lanes, which
-# vectorise), then over lanes and over each group's blocks. The k-th largest key
-# T of each group is found by an interpolation search on these counts: the first thresholds
-# are quantiles of a fixed sample of the keys, later ones come from linear interpolation of
-# the count inside the current bracket [lo, hi) (c(lo) >= k > c(hi)), with the bracket's
-# midpoint always among them so that it at least halves per pass (at most 33 passes; about 5
-# on smooth data). It ends when exactly k keys are >= lo, or when [lo, hi) is one key T = lo
-# of which only some are kept: those with the lowest flat indices (located from per-row tie
-# counts, only when some group needs it).
+# vectorise), then over lanes and over each group's blocks. The k-th largest key T of each
+# group is found by an interpolation search on these counts, keeping a bracket [lo, hi) with
+# c(lo) >= k > c(hi): the first thresholds are quantiles of a fixed sample of the keys, later
+# ones come from the sample's keys inside the bracket (an inverse CDF) or from linear
+# interpolation in key space, and one of the three is always the bracket's midpoint (or,
+# twice at most, the key of 0.0 or just above it), so the bracket halves at least: at most 35
+# passes, about 4 to 7 on real weights and gradients. It ends when exactly k keys are >= lo,
+# or when [lo, hi) is one key T = lo of which only some are kept: those with the lowest flat
+# indices (located from per-row tie counts, only when some group needs it).
 
 _ROWS, _LANES = 16, 128  # a block; per lane a field counts at most _ROWS < 1024
 _BLOCK = _ROWS * _LANES
