@@ -56,24 +56,11 @@ def forget_op(config: Any):
 
 
 def build(config: Any, dataset: Any):
-    """(functional model, optimizer) of the config."""
+    """(functional model, optimizer) of the config: the shared builders of ``common``."""
     import jax
-    import optax
 
-    from jaxsparse import models
-
-    kwargs = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in dict(config.get("model_kwargs", {}) or {}).items()}
-    model = getattr(models, config.model)(key=jax.random.key(config.seed),
-                                          input_shape=dataset.input_shape,
-                                          num_classes=dataset.num_classes, **kwargs)
-    if config.optimizer == "adam":
-        tx = optax.adam(config.learning_rate)
-    elif config.optimizer == "sgd":
-        tx = optax.sgd(config.learning_rate, momentum=config.get("momentum") or None)
-    else:
-        raise ValueError(f"unknown optimizer {config.optimizer!r} (adam | sgd)")
-    return models.functional(model), tx
+    fn = common.build_model(config, dataset, key=jax.random.key(config.seed))
+    return fn, common.build_tx(config, masked=False)
 
 
 COLUMNS = ("generation", "step", "test_accuracy", "clean_accuracy", "noisy_accuracy",
