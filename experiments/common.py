@@ -684,6 +684,15 @@ def is_finished(path: str, marker: str = "results.json") -> bool:
     return os.path.exists(os.path.join(path, marker))
 
 
+def finished_results(path: str) -> Any:
+    """A finished run's ``results.json`` (and a line saying so), or ``None`` if unfinished."""
+    if not is_finished(path):
+        return None
+    results_path = os.path.join(path, "results.json")
+    print(f"finished already: {results_path}")
+    return read_json(results_path)
+
+
 def _clean(x: Any) -> Any:
     if isinstance(x, float) and math.isnan(x):
         return None

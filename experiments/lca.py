@@ -28,7 +28,6 @@ the input image). A finished run is skipped on relaunch.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -208,11 +207,9 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
     from jaxsparse import lca, rules, train
 
     path = common.run_dir(out, config)
+    if (done := common.finished_results(path)) is not None:
+        return done
     results_path = os.path.join(path, "results.json")
-    if common.is_finished(path):
-        print(f"finished already: {results_path}")
-        with open(results_path) as f:
-            return json.load(f)
     dataset = load_dataset(config)
     fn, tx = build(config, dataset)
     x_eval, y_eval = eval_set(config, dataset)

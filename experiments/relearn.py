@@ -27,7 +27,6 @@ training set relabelled), method (``"llf"``: ``llf_from``; ``"ke"``: ``ke_fracti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -102,11 +101,9 @@ def run(config: Any, out: str) -> dict:
     from jaxsparse import data, relearn
 
     path = common.run_dir(out, config)
+    if (done := common.finished_results(path)) is not None:
+        return done
     results_path = os.path.join(path, "results.json")
-    if common.is_finished(path):
-        print(f"finished already: {results_path}")
-        with open(results_path) as f:
-            return json.load(f)
     if config.dataset != "digits":
         raise ValueError(f"this driver runs the offline digits data, got {config.dataset!r}")
     ds = data.digits(seed=config.seed)

@@ -113,9 +113,8 @@ def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
     """
     dataset = common.load_dataset(config)
     path = common.run_dir(out, config, dataset=dataset)
-    if common.is_finished(path):
-        print(f"finished already: {os.path.join(path, 'results.json')}")
-        return common.read_json(os.path.join(path, "results.json"))
+    if (done := common.finished_results(path)) is not None:
+        return done
     if int(config.get("replicates", 1)) > 1:
         return run_population(config, out, show_progress=show_progress, dataset=dataset)
     import jax
@@ -309,9 +308,8 @@ def run_at_init(config: Any, out: str, *, show_progress: bool = True) -> dict:
 
     dataset = common.load_dataset(config)
     path = common.run_dir(out, config, dataset=dataset)
-    if common.is_finished(path):
-        print(f"finished already: {os.path.join(path, 'results.json')}")
-        return common.read_json(os.path.join(path, "results.json"))
+    if (done := common.finished_results(path)) is not None:
+        return done
     fn = common.build_model(config, dataset)
     k_model, k_data, k_rand = jax.random.split(jax.random.key(config.seed), 3)
     init_params, model_state = fn.init_fn(k_model)

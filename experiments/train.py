@@ -80,10 +80,9 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
 
     dataset = common.load_dataset(config)
     path = common.run_dir(out, config, dataset=dataset)
+    if (done := common.finished_results(path)) is not None:
+        return done
     results_path = os.path.join(path, "results.json")
-    if common.is_finished(path):
-        print(f"finished already: {results_path}")
-        return common.read_json(results_path)
     fn, tx, state = build(config, dataset)
     augment = data.augmentation_for(dataset.name) if config.get("augment") else None
     print(f"{config.name}: {dataset!r}, model {config.model}, "

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_select import ref_erk_counts  # noqa: E402 - tests/ is on the path (rootdir)
 
 import jaxsparse as js
 from jaxsparse import pruners, select, train
@@ -355,31 +356,9 @@ def test_one_shot_snip_synflow_and_structures():
 
 
 def test_erk_counts_exact_against_integer_reference():
-    def ref(shapes, sp):  # the RigL code's rule in exact integers, then largest remainders
-        n = [int(np.prod(s)) for s in shapes]
-        w = [sum(s) for s in shapes]
-        budget = sum(n) - select.num_pruned(sp, sum(n))
-        dense = set()
-        while True:
-            d = sum(n[i] for i in dense)
-            a = sum(w[i] for i in range(len(n)) if i not in dense)
-            new = {i for i in range(len(n)) if i not in dense and (budget - d) * w[i] > n[i] * a}
-            if not new:
-                break
-            dense |= new
-        out, rem = [], []
-        for i in range(len(n)):
-            q, r = (n[i], -1) if i in dense else divmod((budget - d) * w[i], a)
-            out.append(q)
-            rem.append(r)
-        free = sorted((i for i in range(len(n)) if i not in dense), key=lambda i: (-rem[i], i))
-        for i in free[: budget - sum(out)]:
-            out[i] += 1
-        return out
-
     shapes = SHAPES + [(500, 300), (7, 1)]
     for sp in (0.0, 0.3, 0.5, 0.9, 0.97, 0.999):
-        want = ref(shapes, sp)
+        want = ref_erk_counts(shapes, sp)  # the integer reference of test_select
         assert select.erk_kept(shapes, sp) == want, sp
         assert select.erk_kept(shapes, jnp.float32(sp)).tolist() == want, sp
         assert sum(want) == sum(int(np.prod(s)) for s in shapes) - select.num_pruned(
