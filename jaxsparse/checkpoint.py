@@ -46,7 +46,7 @@ from typing import Any
 import jax
 import numpy as np
 
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 _TMP = re.compile(r"\.orbax-checkpoint-tmp")
 FORMAT = "jaxsparse.checkpoint/2"

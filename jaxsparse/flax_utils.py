@@ -32,8 +32,7 @@ from typing import Any
 import jax
 
 from jaxsparse import rules as rules_lib
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 # Linen collections that are never trainable weights (``variables[...]`` besides "params").
 LINEN_COLLECTIONS = ("batch_stats", "cache", "intermediates", "perturbations", "spectral_stats",

@@ -56,8 +56,7 @@ import numpy as np
 
 from jaxsparse import rules as rules_lib
 from jaxsparse import train as train_lib
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 KEEP_OPTIONS = ("per_param", "per_neuron", "per_layer", "per_iteration", "helping")
 DEFAULT_KEEP = ("per_param", "per_layer", "per_iteration", "helping")

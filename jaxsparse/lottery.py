@@ -60,8 +60,7 @@ import numpy as np
 
 from jaxsparse import masks as masks_lib
 from jaxsparse import rules as rules_lib
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 MASK1_ACTIONS = (
     "rewind",

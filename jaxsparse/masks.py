@@ -25,8 +25,7 @@ import numpy as np
 
 from jaxsparse import flax_utils
 from jaxsparse import rules as rules_lib
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 
 def is_prunable(mask_leaf: Any) -> bool:

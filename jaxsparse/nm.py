@@ -68,8 +68,8 @@ import numpy as np
 
 from jaxsparse import masks as masks_lib
 from jaxsparse import rules as rules_lib
+from jaxsparse.typing import PyTree
 
-PyTree = Any
 AxisRules = Sequence[tuple[rules_lib.Pattern, int]]
 
 # Flax attention q/k/v projections: DenseGeneral kernels (in, heads, head_dim) contracting `in`.

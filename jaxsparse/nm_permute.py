@@ -32,8 +32,7 @@ import numpy as np
 
 from jaxsparse import rules as rules_lib
 from jaxsparse.nm import _check_nm, _group_keep, nm_mask, reduction_axis
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 
 def retained_magnitude(w: jax.Array, n: int = 2, m: int = 4, *, axis: int | None = None):

@@ -33,8 +33,7 @@ import numpy as np
 
 from jaxsparse import rules as rules_lib
 from jaxsparse.nm import NM, AxisRules, _check_nm, nm_mask, reduction_axis
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 SR_STE_LAMBDA = 2e-4  # lambda_w of Zhou et al. 2021
 

@@ -25,8 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxsparse import masks as masks_lib
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 
 def _zero_pruned(tree: PyTree, masks: PyTree) -> PyTree:

@@ -59,8 +59,8 @@ import optax
 from jaxsparse import rules as rules_lib
 from jaxsparse import select
 from jaxsparse import train as train_lib
+from jaxsparse.typing import PyTree
 
-PyTree = Any
 InitFn = Callable[[jax.Array], PyTree]
 Forget = Callable[..., PyTree]
 

@@ -25,7 +25,8 @@ from typing import Any
 import jax
 import numpy as np
 
-PyTree = Any
+from jaxsparse.typing import PyTree
+
 Pattern = str | Callable[[str, Any], bool]
 Rules = Sequence[tuple[Pattern, Any]]
 

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 
 def _float(x: jax.Array) -> jax.Array:

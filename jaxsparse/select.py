@@ -62,8 +62,7 @@ from jax import lax
 
 from jaxsparse import masks as masks_lib
 from jaxsparse import rules as rules_lib
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 _DEC = 10**7  # fractions are first rounded to 7 decimals
 

@@ -47,8 +47,8 @@ from jaxsparse import masks as masks_lib
 from jaxsparse import rules as rules_lib
 from jaxsparse import scores as scores_lib
 from jaxsparse import select
+from jaxsparse.typing import PyTree
 
-PyTree = Any
 ApplyFn = Callable[..., tuple[jax.Array, PyTree]]
 
 ESTIMATORS = ("bernoulli", "topk")

@@ -62,8 +62,8 @@ from jaxsparse.sweep_io import (  # noqa: F401 - re-exported: one namespace for 
     task_slice,
     write_results,
 )
+from jaxsparse.typing import PyTree
 
-PyTree = Any
 AxisSpec = int | None | Sequence[int | None]
 
 POPULATION_AXIS = "population"

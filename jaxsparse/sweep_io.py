@@ -26,8 +26,7 @@ import jax
 import numpy as np
 
 from jaxsparse import rules as rules_lib
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 
 def init_distributed(**kwargs: Any) -> tuple[int, int]:

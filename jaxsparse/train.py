@@ -49,8 +49,8 @@ import optax
 from jaxsparse import masks as masks_lib
 from jaxsparse import optim
 from jaxsparse.pruners.base import Pruner
+from jaxsparse.typing import PyTree
 
-PyTree = Any
 Batch = tuple[jax.Array, jax.Array]
 ApplyFn = Callable[..., tuple[jax.Array, PyTree]]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]

@@ -37,8 +37,7 @@ import numpy as np
 from jaxsparse import rules as rules_lib
 from jaxsparse.forgetting.modal import PIE, label_counts, pie
 from jaxsparse.forgetting.predictions import Population, check_comparable
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 
 def label_histograms(predicted: jax.Array, *, num_classes: int) -> jax.Array:

@@ -32,13 +32,13 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 
 class Forgetting(NamedTuple):

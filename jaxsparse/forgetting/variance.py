@@ -25,13 +25,13 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from jaxsparse.typing import PyTree
+
 TARGETS = ("logit", "prob")
 
 

@@ -43,8 +43,7 @@ from jaxsparse.models.lenet import LeNet300, LeNet300Linen, lenet300
 from jaxsparse.models.resnet import ResNet, resnet20
 from jaxsparse.models.transformer import Transformer, gpt
 from jaxsparse.models.vgg import VGG16, vgg16
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 __all__ = [
     "ConvNet", "Functional", "LeNet300", "LeNet300Linen", "ResNet", "VGG16", "conv2", "conv4",

@@ -38,7 +38,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-PyTree = Any
+from jaxsparse.typing import PyTree
+
 NORMAL = nnx.initializers.normal(0.02)
 ZEROS = nnx.initializers.zeros_init()
 

@@ -40,8 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse import rules as rules_lib
-
-PyTree = Any
+from jaxsparse.typing import PyTree
 
 # Primitives whose single output is the (re-typed / copied) kernel itself.
 _TRANSPARENT = frozenset({"convert_element_type", "copy", "copy_p", "pvary",

@@ -49,8 +49,8 @@ from jaxsparse import rules as rules_lib
 from jaxsparse.oneshot import capture
 from jaxsparse.oneshot import methods as methods_lib
 from jaxsparse.oneshot.methods import Stats
+from jaxsparse.typing import PyTree
 
-PyTree = Any
 HIGHEST = jax.lax.Precision.HIGHEST
 DATA_AXIS = "data"
 

@@ -44,8 +44,8 @@ from jax import lax
 
 from jaxsparse import masks as masks_lib
 from jaxsparse import rules as rules_lib
+from jaxsparse.typing import PyTree
 
-PyTree = Any
 Schedule = Callable[[jax.Array], jax.Array]
 
 

@@ -51,7 +51,6 @@ import numpy as np
 
 from jaxsparse.pruners import base
 
-PyTree = Any
 Anneal = Literal["constant", "cosine"]
 
 

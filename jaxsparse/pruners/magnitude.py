@@ -47,8 +47,8 @@ from jaxsparse import rules as rules_lib
 from jaxsparse import scores as scores_lib
 from jaxsparse import select
 from jaxsparse.pruners import base
+from jaxsparse.typing import PyTree
 
-PyTree = Any
 Criterion = Callable[..., PyTree]
 
 
