@@ -31,7 +31,7 @@ the trainer, the pruners, ``jax.vmap`` populations and checkpoints use:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 from flax import linen as nn
