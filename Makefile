@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-compat lint bench clean
+.PHONY: install demo test test-fast test-compat lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,17 @@ install: $(STAMP)
 
 # The main job: a lottery-ticket run on the embedded offline digits data (table + plots).
 demo: $(STAMP)
-	$(PY) -m experiments.lottery --config experiments/configs/digits_lenet.py --out runs/demo
+	$(PY) -m experiments.lottery --config experiments/configs/lottery/digits_lenet.py --out runs/demo
 
+# Two workers by default (the CI machine has 2 cores); each test file runs in one worker so
+# module-scoped fixtures (compiled models, finished runs) are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# A quick local loop: everything but the notebooks, the model doctests and other slow items.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check conftest.py jaxsparse tests experiments benchmarks

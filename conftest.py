@@ -57,3 +57,15 @@ def _doctest_imports(request, doctest_namespace):
     doctest_namespace.update(
         {k: v for k, v in _doctest_names().items() if k not in dtest.globs}
     )
+
+
+# The slowest items, marked so a quick local loop can skip them (``pytest -m "not slow"``,
+# ``make test-fast``); ``make test`` runs everything. Test modules mark themselves
+# (``pytestmark``); doctests cannot, so the expensive ones are listed here.
+_SLOW_DOCTESTS = ("jaxsparse/models/", "jaxsparse/lottery.py::jaxsparse.lottery.imp")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if isinstance(item, pytest.DoctestItem) and item.nodeid.startswith(_SLOW_DOCTESTS):
+            item.add_marker(pytest.mark.slow)

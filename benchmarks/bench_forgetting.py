@@ -45,9 +45,9 @@ def _args(argv=None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     ARGS = _args()
-    from jaxsparse import sweep
+    from jaxsparse.population import use_cpu_devices
 
-    sweep.use_cpu_devices(ARGS.cpu_devices or None)  # before jax starts its backends
+    use_cpu_devices(ARGS.cpu_devices or None)  # before jax starts its backends
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -20,13 +20,7 @@ Writes benchmarks/results/lca.json (``lca_quick.json`` with ``--quick``).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import statistics
-import time
-
+import harness
 import jax
 import jax.numpy as jnp
 import optax
@@ -35,13 +29,8 @@ from jaxsparse import data, lca, models, train
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--rounds", type=int, default=None)
-    args = ap.parse_args()
-    steps = args.steps or (20 if args.quick else 50)
-    rounds = args.rounds or (5 if args.quick else 20)
+    args = harness.step_args(__doc__, steps=(20, 50), rounds=(5, 20))
+    steps, rounds = args.steps, args.rounds
 
     ds = data.synthetic(num_train=5000, num_val=0, num_test=10, seed=0)
     x, y = jnp.asarray(ds.train.x), jnp.asarray(ds.train.y)
@@ -66,40 +55,23 @@ def main() -> None:
     assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got),
                                                      strict=True))
 
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for name, chunk in runs.items():
-            t = time.perf_counter()
-            jax.block_until_ready(chunk(states[name], x, y))
-            times[name].append((time.perf_counter() - t) / steps)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = {k: med[k] / med["off"] for k in runs}
+    times = harness.interleaved({k: (lambda c=c, k=k: c(states[k], x, y)) for k, c in runs.items()},
+                                rounds, per_call=steps)
+    med = harness.medians(times)
+    ratio = harness.ratios(med, "off")
     print(f"LeNet-300-100 Adam step, batch 60, {steps} steps x {rounds} rounds")
-    print(f"{'variant':<16}{'median ms/step':>16}{'vs off':>10}")
-    for k in runs:
-        print(f"{k:<16}{med[k] * 1e3:>16.3f}{ratio[k]:>10.2f}")
-    result = dict(
+    harness.print_table(med, ratio, unit="ms/step", scale=1e3, against="off")
+    harness.save("lca", dict(
         benchmark="lca",
-        model="LeNet-300-100 (784-300-100-10)",
-        optimizer="adam 1.2e-3",
-        batch=60,
+        **harness.LENET_ADAM,
         train_examples=5000,
         steps_per_call=steps,
         rounds=rounds,
         median_s_per_step=med,
         ratio_vs_off=ratio,
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        machine=f"{platform.machine()} {os.cpu_count()} cpus",
-        note="CPU shared with other processes during the measurement; medians of interleaved "
-             "runs. 'lca eval=60' = evaluation set of the batch's size (2 extra gradient "
-             "evaluations per step); larger sets cost in proportion to their size.",
-        quick=args.quick,
-    )
-    os.makedirs("benchmarks/results", exist_ok=True)
-    name = "lca_quick" if args.quick else "lca"
-    with open(f"benchmarks/results/{name}.json", "w") as f:
-        json.dump(result, f, indent=2)
+        note=harness.SHARED_CPU_NOTE + ". 'lca eval=60' = evaluation set of the batch's size (2 "
+             "extra gradient evaluations per step); larger sets cost in proportion to their size.",
+    ), quick=args.quick)
 
 
 if __name__ == "__main__":

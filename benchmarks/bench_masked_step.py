@@ -20,13 +20,7 @@ Writes benchmarks/results/masked_step.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import statistics
-import time
-
+import harness
 import jax
 import jax.numpy as jnp
 import optax
@@ -83,12 +77,8 @@ def make_run(tx, masks, variant: str, steps: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=None)
-    args = ap.parse_args()
-    rounds = args.rounds or (10 if args.quick else 40)
+    args = harness.step_args(__doc__, steps=(100, 100), rounds=(10, 40))
+    rounds = args.rounds
 
     key = jax.random.key(0)
     params = init_lenet(key)
@@ -122,38 +112,23 @@ def main() -> None:
             jax.tree.map(lambda w, m: w != 0 if m.ndim else m, p, masks),
         )
 
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, (run, _) in runs.items():
-            t = time.perf_counter()
-            jax.block_until_ready(run(params, states[k], xs, ys))
-            times[k].append((time.perf_counter() - t) / args.steps)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = {k: med[k] / med["dense"] for k in runs}
+    times = harness.interleaved(
+        {k: (lambda r=r, k=k: r(params, states[k], xs, ys)) for k, (r, _) in runs.items()},
+        rounds, per_call=args.steps)
+    med = harness.medians(times)
+    ratio = harness.ratios(med, "dense")
     print(f"LeNet-300-100 Adam step, batch 60, 80% sparse masks, {args.steps} steps x {rounds}")
-    print(f"{'variant':<18}{'median us/step':>16}{'vs dense':>10}")
-    for k in runs:
-        print(f"{k:<18}{med[k] * 1e6:>16.1f}{ratio[k]:>10.3f}")
-    result = dict(
+    harness.print_table(med, ratio, unit="us/step", scale=1e6, against="dense", digits=1)
+    harness.save("masked_step", dict(
         benchmark="masked_step",
-        model="LeNet-300-100 (784-300-100-10)",
-        optimizer="adam 1.2e-3",
-        batch=60,
+        **harness.LENET_ADAM,
         sparsity=0.8,
         steps_per_call=args.steps,
         rounds=rounds,
         median_s_per_step=med,
         ratio_vs_dense=ratio,
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        machine=f"{platform.machine()} {os.cpu_count()} cpus",
-        note="CPU shared with other processes during the measurement; medians of interleaved runs",
-        quick=args.quick,
-    )
-    os.makedirs("benchmarks/results", exist_ok=True)
-    name = "masked_step_quick" if args.quick else "masked_step"
-    with open(f"benchmarks/results/{name}.json", "w") as f:
-        json.dump(result, f, indent=2)
+        note=harness.SHARED_CPU_NOTE,
+    ), quick=args.quick)
 
 
 if __name__ == "__main__":

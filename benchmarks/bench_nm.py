@@ -127,15 +127,15 @@ def bench_matmul(quick: bool, repeats: int) -> list[dict]:
     x = jax.random.normal(jax.random.key(2), (b, k), jnp.float32)
     mask = js.nm_mask(w, 2, 4)
     ws = jnp.where(mask, w, 0)
-    c = js.compress(w, 2, 4)
+    c = js.nm.compress(w, 2, 4)
     fns = {
         "dense_masked": jax.jit(lambda x, c: x @ ws),
-        "decompress_matmul": jax.jit(lambda x, c: js.nm_matmul(x, c)),
-        "gather": jax.jit(lambda x, c: js.nm_matmul(x, c, method="gather")),
-        "decompress_only": jax.jit(lambda x, c: js.decompress(c)),
+        "decompress_matmul": jax.jit(lambda x, c: js.nm.nm_matmul(x, c)),
+        "gather": jax.jit(lambda x, c: js.nm.nm_matmul(x, c, method="gather")),
+        "decompress_only": jax.jit(lambda x, c: js.nm.decompress(c)),
     }
     t = timeit(fns, (x, c), repeats)
-    mem = js.nm_export.memory(c)
+    mem = js.nm.memory(c)
     print(f"compressed matmul x{(b, k)} @ W{(k, o)} 2:4 f32: " + "  ".join(
         f"{kk} {v * 1e3:.2f}ms" for kk, v in t.items()))
     print(f"  memory: dense {mem['dense_bytes']} B, compressed {mem['compressed_bytes']} B "

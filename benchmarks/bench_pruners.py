@@ -32,13 +32,11 @@ are the more stable ones. Writes ``benchmarks/results/pruners.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,13 +62,8 @@ def load_batches(steps: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=None)
-    args = ap.parse_args()
-    rounds = args.rounds or (8 if args.quick else 30)
-    steps = args.steps
+    args = harness.step_args(__doc__, steps=(100, 100), rounds=(8, 30))
+    rounds, steps = args.rounds, args.steps
 
     fn = models.functional(models.lenet300(key=jax.random.key(0), input_shape=(28, 28, 1)))
     params = fn.params
@@ -130,16 +123,11 @@ def main() -> None:
         jax.tree.leaves(masks), jax.tree.leaves(outs["rigl"].masks), strict=True))
     gmp_kept = [int(m.sum()) for m in jax.tree.leaves(outs["gmp"].masks) if m.ndim]
 
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            t = time.perf_counter()
-            jax.block_until_ready(run(*states[name], xs, ys))
-            times[name].append((time.perf_counter() - t) / steps)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times = harness.interleaved({k: (lambda r=r, k=k: r(*states[k], xs, ys))
+                                 for k, r in runs.items()}, rounds, per_call=steps)
+    med = harness.medians(times)
     best = {k: min(v) for k, v in times.items()}
-    ratio = {k: med[k] / med["masked"] for k in runs}
-    ratio_best = {k: best[k] / best["masked"] for k in runs}
+    ratio, ratio_best = harness.ratios(med, "masked"), harness.ratios(best, "masked")
 
     # single steps in a trained state: due (step 100) vs not due (step 101), same program
     single = {}
@@ -158,12 +146,9 @@ def main() -> None:
         not_due = st._replace(step=jnp.int32(101))
         for s_ in (due, not_due):
             jax.block_until_ready(one(s_, batch))
-        ts = {"due": [], "not_due": []}
-        for _ in range(rounds * 25):
-            for k, s_ in (("due", due), ("not_due", not_due)):
-                t = time.perf_counter()
-                jax.block_until_ready(one(s_, batch))
-                ts[k].append(time.perf_counter() - t)
+        ts = harness.interleaved({"due": lambda one=one, s=due, b=batch: one(s, b),
+                                  "not_due": lambda one=one, s=not_due, b=batch: one(s, b)},
+                                 rounds * 25)
         single[name] = {k: (statistics.median(v), min(v)) for k, v in ts.items()}
 
     # the pruner update alone, jitted (per call)
@@ -175,11 +160,8 @@ def main() -> None:
                                                         key=jax.random.key(4)))
         st = p.init(params, masks)
         jax.block_until_ready(upd(masks, st, params, grads))
-        ts = []
-        for _ in range(max(rounds, 10) * 5):
-            t = time.perf_counter()
-            jax.block_until_ready(upd(masks, st, params, grads))
-            ts.append(time.perf_counter() - t)
+        ts = harness.interleaved({name: lambda upd=upd, st=st: upd(masks, st, params, grads)},
+                                 max(rounds, 10) * 5)[name]
         update_s[name] = statistics.median(ts)
         update_best[name] = min(ts)
 
@@ -200,11 +182,9 @@ def main() -> None:
               f"{mn * 1e6:.0f} us = {md / mn:.3f}x, best {bd * 1e6:.0f} / {bn * 1e6:.0f} us = "
               f"{bd / bn:.3f}x")
     print(f"rigl changed {changed} mask entries over {steps} updates; gmp kept {gmp_kept}")
-    result = dict(
+    harness.save("pruners", dict(
         benchmark="pruners",
-        model="LeNet-300-100 (784-300-100-10)",
-        optimizer="adam 1.2e-3",
-        batch=60,
+        **harness.LENET_ADAM,
         sparsity=0.9,
         data="mnist_subset_6k" if os.path.exists(MNIST) else "random",
         steps_per_call=steps,
@@ -225,17 +205,9 @@ def main() -> None:
         update_alone_best_s=update_best,
         compile_s=compile_s,
         rigl_changed_entries=changed,
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        machine=f"{platform.machine()} {os.cpu_count()} cpus",
-        note="CPU shared with other processes during the measurement; medians of interleaved "
-             "runs; rigl/set/gmp update the masks in every one of the steps",
-        quick=args.quick,
-    )
-    os.makedirs("benchmarks/results", exist_ok=True)
-    name = "pruners_quick" if args.quick else "pruners"
-    with open(f"benchmarks/results/{name}.json", "w") as f:
-        json.dump(result, f, indent=2)
+        note=harness.SHARED_CPU_NOTE + "; rigl/set/gmp update the masks in every one of the "
+             "steps",
+    ), quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ calls per timing, compile time excluded, medians of interleaved repeats:
   * dense: SGD on the weights;
   * bernoulli: ``jaxsparse.supermask.learned_supermask`` (sample a mask per layer per step,
     straight-through gradient to the logits, dynamic rescaling);
-  * topk: ``jaxsparse.supermask.edge_popup`` at density 0.5 (per-layer exact top-k of |score|).
+  * topk: ``jaxsparse.supermask.edge_popup`` at sparsity 0.5 (per-layer exact top-k of |score|).
 Writes benchmarks/results/supermask.json (supermask_quick.json with --quick).
 """
 

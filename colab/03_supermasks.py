@@ -26,7 +26,8 @@
 # 2. **Learned supermask** (Zhou et al. 2019): a logit per weight, the mask sampled from
 #    `Bernoulli(sigmoid(s))` in every forward pass, trained with a straight-through gradient.
 # 3. **Edge-popup** (Ramanujan et al. 2020): a score per weight, the top-k of `|score|` kept
-#    in every layer (k = fraction **kept**).
+#    in every layer (the paper's k = fraction **kept**; jaxsparse's signatures speak
+#    `sparsity` = fraction pruned = 1 - k).
 #
 # LeNet-300-100 on scikit-learn's bundled 8x8 digits (offline). On a CPU, or with
 # `JAXSPARSE_SMOKE=1`, a small "smoke" size runs in seconds.
@@ -130,7 +131,8 @@ for label, criterion, signed in (("large_final_same_sign", "large_final_same_sig
                                  ("random", "random", False)):
     accs = []
     for d in DENSITIES:
-        params0, masks = js.supermask.at_init(init_params, final_params, density=d,
+        # plotted against density (fraction kept, the paper's axis); jaxsparse speaks sparsity
+        params0, masks = js.supermask.at_init(init_params, final_params, sparsity=1 - d,
                                               criterion=criterion, signed_constant=signed,
                                               key=jax.random.key(2))
         accs.append(test_accuracy(params0, masks))
@@ -162,7 +164,7 @@ learned = js.supermask.learned_supermask(fn.apply_fn, weights="signed_constant",
 learned_run, learned_frozen = train_supermask(
     learned, optax.sgd(100.0, momentum=0.9), jax.random.key(3))
 
-popup = js.supermask.edge_popup(fn.apply_fn, 0.5)  # k = 0.5: keep half of every layer
+popup = js.supermask.edge_popup(fn.apply_fn, sparsity=0.5)  # k = 0.5: keep half of each layer
 popup_run, popup_frozen = train_supermask(
     popup, optax.chain(optax.add_decayed_weights(1e-4),
                        optax.sgd(optax.cosine_decay_schedule(0.1, STEPS), momentum=0.9)),
@@ -177,7 +179,7 @@ for name, sm, run, frozen in (("learned supermask", learned, learned_run, learne
     results[name] = test_accuracy(params, js.ones_like(params))
     print(f"{name:<20} test accuracy {results[name]:.4f}, density (fraction kept) "
           f"{float(js.density(masks)):.3f}, frozen weights bitwise unchanged: {frozen}")
-    report = js.supermask.compact_report(masks)
+    report = js.masks.compact_report(masks)
     print(f"{'':<20} hidden units left disconnected: {report['removable']}")
 best = max(at_init["large_final_same_sign, signed constant"])
 results["best at init (no training)"] = best

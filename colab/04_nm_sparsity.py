@@ -22,7 +22,8 @@
 # `Dense` kernel `(in, out)` that is the `in` axis; for a conv kernel `(kh, kw, C_in, C_out)`
 # it is `C_in` (the im2col K with channels fastest). This notebook:
 #
-# 1. builds 2:4 masks in that orientation and checks them with `js.is_nm`;
+# 1. builds 2:4 masks in that orientation and checks them with `js.is_nm` (per leaf:
+#    `js.nm.nm_report`);
 # 2. compares dense training, one-shot 2:4 pruning, one-shot + fine-tune (NVIDIA ASP) and
 #    SR-STE (Zhou et al. 2021) on a Conv-2 network;
 # 3. compresses a kernel (values + 2-bit indices), multiplies with it, and exports it in the
@@ -135,7 +136,7 @@ plt.show()
 # * **dense**: the baseline.
 # * **one-shot**: the dense weights pruned to 2:4 by magnitude (`js.nm_masks`), no training.
 # * **one-shot + fine-tune** (ASP): those fixed masks, trained again with `js.masked(tx)`.
-# * **SR-STE**: from scratch, the forward pass goes through `js.sr_ste(params)`: the 2:4 mask
+# * **SR-STE**: from scratch, the forward pass goes through `js.nm.sr_ste(params)`: the 2:4 mask
 #   is recomputed from `|w|` every step, gradients pass straight through, plus a decay
 #   `lambda_w * (1 - mask) * w` that pushes pruned weights towards zero.
 
@@ -168,7 +169,7 @@ results["one-shot + fine-tune"] = test_accuracy(finetune.state.params)
 
 
 def apply_sr_ste(params, model_state, x, *, train, key):
-    return fn.apply_fn(js.sr_ste(params, N, M, rules=RULES), model_state, x, train=train,
+    return fn.apply_fn(js.nm.sr_ste(params, N, M, rules=RULES), model_state, x, train=train,
                        key=key)
 
 
@@ -179,7 +180,7 @@ results["SR-STE"] = test_accuracy(sr_params)
 
 for name, acc in results.items():
     print(f"{name:<22} test accuracy {acc:.4f}")
-print(js.is_nm(sr_params, N, M, rules=RULES))
+print(js.nm.nm_report(sr_params, N, M, rules=RULES))
 print(js.report(sr_masks))
 
 # %%
@@ -196,29 +197,29 @@ plt.show()
 # %% [markdown]
 # ## 3. Compressed form and export
 #
-# `js.compress` stores the kept values plus one small index per value, with the reduction
+# `js.nm.compress` stores the kept values plus one small index per value, with the reduction
 # axis moved last (a Dense `(in, out)` kernel becomes `(out, in)` rows, PyTorch's
-# `Linear.weight` layout). `js.nm_matmul` multiplies with it (a reference implementation
-# that runs on any backend); `js.decompress` is bit-exact. `js.export_cutlass` writes the
+# `Linear.weight` layout). `js.nm.nm_matmul` multiplies with it (a reference implementation
+# that runs on any backend); `js.nm.decompress` is bit-exact. `js.nm.export_cutlass` writes the
 # `(values, meta)` pair of PyTorch's CUTLASS semi-structured format (for a float16 copy:
 # the hardware's 2:4 mode is for 16- and 8-bit operands).
 
 # %%
 kernel = sr_params["fc0"]["kernel"]
-c = js.compress(kernel, N, M, path="fc0/kernel")
-mem = js.nm_export.memory(c)
+c = js.nm.compress(kernel, N, M, path="fc0/kernel")
+mem = js.nm.memory(c)
 print(f"fc0 kernel {tuple(kernel.shape)} -> values {tuple(c.values.shape)}, "
       f"indices {tuple(c.indices.shape)} {c.indices.dtype}")
 print(f"bytes: dense {mem['dense_bytes']}, compressed {mem['compressed_bytes']} "
       f"({mem['ratio']:.3f}x; with 2-bit indices {mem['ratio_packed']:.3f}x)")
-print("decompress is exact:", bool((js.decompress(c) == kernel).all()))
+print("decompress is exact:", bool((js.nm.decompress(c) == kernel).all()))
 
 x_fc = jax.random.normal(jax.random.key(3), (32, kernel.shape[0]))
-err = float(jnp.abs(js.nm_matmul(x_fc, c) - x_fc @ kernel).max())
+err = float(jnp.abs(js.nm.nm_matmul(x_fc, c) - x_fc @ kernel).max())
 print(f"nm_matmul vs dense masked matmul: max abs difference {err:.2e}")
 
 # Sparse tensor cores run 2:4 on 16-bit (and 8-bit) operands; float32 (tf32) is 1:2 there.
-values, meta = js.export_cutlass(np.asarray(kernel, np.float16), path="fc0/kernel")
+values, meta = js.nm.export_cutlass(np.asarray(kernel, np.float16), path="fc0/kernel")
 print("CUTLASS layout: values", values.shape, values.dtype, "| meta", meta.shape, meta.dtype)
 # Written to a temporary directory (JAXSPARSE_OUT to choose one), never into the cwd.
 OUT_DIR = os.environ.get("JAXSPARSE_OUT") or tempfile.mkdtemp(prefix="jaxsparse_nm_")

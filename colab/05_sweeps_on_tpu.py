@@ -17,7 +17,7 @@
 # %% [markdown]
 # # Sweeps on a TPU: one population, sharded over every core
 #
-# `jaxsparse.sweep` trains a **population** of models (seeds x sparsity targets here; learning
+# `jaxsparse.population` trains a **population** of models (seeds x sparsity targets here; learning
 # rates, rewind points, criteria, ... work the same way) as ONE vmapped, jit-compiled program
 # whose member axis is laid out over all devices: the 8 cores of a Colab TPU v2-8 / v3-8,
 # every GPU, or, on a CPU, 8 faked CPU devices (`--xla_force_host_platform_device_count=8`,
@@ -109,12 +109,12 @@ import optax
 import jaxsparse as js
 import jaxsparse.data
 import jaxsparse.models
-import jaxsparse.sweep
+import jaxsparse.population
 import jaxsparse.train
 
 DEVICES = jax.device_count()
 print(f"{DEVICES} devices:", ", ".join(f"{d.platform}:{d.id}" for d in jax.devices()))
-mesh = js.sweep.make_mesh()  # a 1-d mesh named "population" over every device
+mesh = js.population.make_mesh()  # a 1-d mesh named "population" over every device
 print("mesh:", dict(mesh.shape))
 
 if SMOKE:
@@ -123,8 +123,8 @@ else:  # 8 x 4 = 32 members: 4 per core of a v2-8 / v3-8
     SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
     SEEDS, STEPS, EVAL_EVERY = [0, 1, 2, 3], 2000, 200
 
-members = js.sweep.grid(sparsity=SPARSITIES, seed=SEEDS)
-hp = js.sweep.stack_configs(members)  # {"sparsity": f32[P], "seed": i32[P]}, traced
+members = js.population.grid(sparsity=SPARSITIES, seed=SEEDS)
+hp = js.population.stack_configs(members)  # {"sparsity": f32[P], "seed": i32[P]}, traced
 print(f"population: {len(members)} members ({len(SPARSITIES)} sparsities x {len(SEEDS)} "
       f"seeds), {len(members) / DEVICES:g} per device")
 
@@ -150,9 +150,9 @@ def new_member(params, sparsity, key):
     return js.train.init_state(params, tx, key=key, masks=masks)
 
 
-keys = js.sweep.member_keys(hp["seed"])
-params, _ = js.sweep.init_population(fn.init_fn, keys)
-states = js.sweep.population_map(new_member, mesh=mesh)(params, hp["sparsity"], keys)
+keys = js.population.member_keys(hp["seed"])
+params, _ = js.population.init_population(fn.init_fn, keys)
+states = js.population.population_map(new_member, mesh=mesh)(params, hp["sparsity"], keys)
 print("density (fraction kept) per member:",
       np.round(np.asarray(jax.vmap(js.density)(states.masks)), 3))
 

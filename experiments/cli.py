@@ -2,7 +2,7 @@
 
 Every ``python -m experiments.<driver>`` has the same options (:func:`parser`):
 
-    --config FILE          python file with get_config() (required)
+    --config FILE[:ARG]    python file with get_config() (or get_config(ARG)); required
     --out DIR              parent of the run directories
     --set KEY=VALUE ...    config overrides, Python literals, dotted keys; repeatable, and
                            several per flag (`--set a=1 b=2 --set c=3` applies all three)
@@ -11,8 +11,9 @@ Every ``python -m experiments.<driver>`` has the same options (:func:`parser`):
     --dataset NAME --data-dir DIR --data-file FILE.npz --train-file F --test-file F
                            the data (experiments.common.load_dataset)
 
-and the same behaviour (:func:`main`): the config is loaded, the flags and every ``--set``
-are applied with their types checked against the config's values, the driver's
+and the same behaviour (:func:`main`): the config is loaded (one made for another driver —
+its ``driver`` key; ``experiments/configs/<driver>/`` — is refused), the flags and every
+``--set`` are applied with their types checked against the config's values, the driver's
 ``validate(config)`` runs — all before any JAX work or training — and a user error (a bad
 key, value, file or combination: :data:`USER_ERRORS`) exits with status 2 and an
 argparse-style ``prog: error: ...`` message that names the offending key / value / file,
@@ -70,10 +71,12 @@ def parser(description: str, *, data: bool = True, population: bool = True,
 
 
 def config_from_args(args: argparse.Namespace, flags: Mapping[str, str] | None = None,
-                     optional: Mapping[str, Any] | None = None) -> Any:
-    """Loads ``args.config``, applies the flags in ``flags`` (dest -> config key; default
-    :data:`DATA_FLAGS`) that were given, then every ``--set`` (type-checked)."""
-    config = common.load_config(args.config)
+                     optional: Mapping[str, Any] | None = None, *,
+                     driver: str | None = None) -> Any:
+    """Loads ``args.config`` (refused when made for another ``driver``), applies the flags in
+    ``flags`` (dest -> config key; default :data:`DATA_FLAGS`) that were given, then every
+    ``--set`` (type-checked)."""
+    config = common.load_config(args.config, driver=driver)
     flags = DATA_FLAGS if flags is None else flags
     for dest, key in flags.items():
         value = getattr(args, dest, None)
@@ -101,6 +104,7 @@ def main(
     optional: Mapping[str, Any] | None = None,
     members: Callable[[Any, argparse.Namespace], int] | None = None,
     prepare: Callable[[Any, argparse.Namespace], None] | None = None,
+    driver: str,
 ) -> int:
     """Parses ``argv``, builds the config, validates it, runs the driver; returns 0.
 
@@ -117,13 +121,15 @@ def main(
         (population drivers; applied before any JAX operation).
       prepare: ``prepare(config, args)`` for driver flags that need logic, before
         ``validate``.
+      driver: the driver's name (``"lottery"`` for ``experiments/lottery.py``); a config
+        whose ``driver`` key names another is refused.
 
     User errors (:data:`USER_ERRORS`) anywhere, also in ``run`` before training starts
     (e.g. a data file that does not load), exit with status 2 through ``p.error``.
     """
     args = p.parse_args(argv)
     try:
-        config = config_from_args(args, flags, optional)
+        config = config_from_args(args, flags, optional, driver=driver)
         if prepare is not None:
             prepare(config, args)
         if validate is not None:
@@ -134,6 +140,12 @@ def main(
     except USER_ERRORS as e:
         p.error(str(e))
     return 0
+
+
+def runner(run: Callable[..., Any]) -> Callable[[Any, argparse.Namespace], Any]:
+    """The usual ``run`` for :func:`main`: ``run(config, args.out, show_progress=...)``, the
+    progress bar off with ``--quiet``."""
+    return lambda config, args: run(config, args.out, show_progress=not args.quiet)
 
 
 def positive(config: Any, *keys: str) -> None:

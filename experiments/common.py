@@ -37,14 +37,15 @@ import importlib.util
 import json
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-# Keys that say where things live, not what is computed: excluded from the run hash.
-NON_HASHED = ("data_dir", "out", "name")
+# Keys that say where things live or what runs them, not what is computed: not in the run hash.
+NON_HASHED = ("data_dir", "out", "name", "driver")
 # Where the data lives: excluded too when the run hash has the data's content hash instead
 # (``run_dir(..., dataset=...)``); without it they stay in (the old, weaker identity).
 DATA_LOCATION_KEYS = ("data_dir", "data_file", "train_file", "test_file")
@@ -84,8 +85,16 @@ class DataWarning(UserWarning):
 # Configs
 
 
-def load_config(path: str, arg: str | None = None) -> Any:
-    """Imports the config file at ``path`` and returns ``get_config()`` (or ``get_config(arg)``)."""
+def load_config(path: str, arg: str | None = None, *, driver: str | None = None) -> Any:
+    """Imports the config file at ``path`` and returns ``get_config()`` (or ``get_config(arg)``).
+
+    ``path`` may end in ``:arg`` (``.../frankle2019_cifar10.py:conv4``, big_vision's form) for
+    a file whose ``get_config(arg)`` holds several variants. With ``driver``, a config whose
+    ``driver`` key names another driver is a :class:`ConfigError` (naming the file, its
+    driver and ``driver``); a config without the key is not checked.
+    """
+    if arg is None and not os.path.exists(path) and ":" in os.path.basename(path):
+        path, arg = path.rsplit(":", 1)
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} does not exist")
     name = os.path.splitext(os.path.basename(path))[0]
@@ -93,11 +102,19 @@ def load_config(path: str, arg: str | None = None) -> Any:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"config file {path} has no get_config()")
+        config = module.get_config() if arg is None else module.get_config(arg)
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure of the user's file is a config error
-        raise ConfigError(f"config file {path} failed to import: {type(e).__name__}: {e}") from e
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path} has no get_config()")
-    config = module.get_config() if arg is None else module.get_config(arg)
+        where = path if arg is None else f"{path}:{arg}"
+        raise ConfigError(f"config file {where} failed to load: {type(e).__name__}: {e}") from e
+    made_for = config.get("driver")
+    if driver is not None and made_for is not None and made_for != driver:
+        raise ConfigError(f"config file {path} is for the {made_for} driver "
+                          f"(driver={made_for!r}), not {driver}: run it with python -m "
+                          f"experiments.{made_for}")
     if isinstance(config, dict):
         config.setdefault("name", name)
     elif not config.get("name"):
@@ -443,7 +460,11 @@ def _from_arrays(config: Any, name: str, x_tr, y_tr, x_te, y_te, source: str) ->
         raise DataError(f"{source}: training images {x_tr.shape[1:]} and test images "
                         f"{x_te.shape[1:]} differ in shape")
     seed = int(config.get("split_seed", 0) or 0)
-    rest, val = stratified_split(y_tr, _val_size(config, name, len(y_tr), classes), seed=seed)
+    n_val = _val_size(config, name, len(y_tr), classes)
+    if n_val == 0:  # no validation split (e.g. Lan et al.'s train / test protocol)
+        rest, val = np.random.default_rng(seed).permutation(len(y_tr)), np.arange(0)
+    else:
+        rest, val = stratified_split(y_tr, n_val, seed=seed)
     x_all, mean, std = _normalise(np.concatenate([x_tr, x_te]), name, x_tr[rest])
     x_tr_n, x_te_n = x_all[: len(x_tr)], x_all[len(x_tr):]
     split = lambda x, y, i: data.Split(x[i], y[i])  # noqa: E731
@@ -459,7 +480,7 @@ def load_dataset(config: Any) -> Any:
     the file) then the validation split), ``train_file`` + ``test_file``, ``data_dir``
     (``train.npz`` + ``test.npz`` or ``<dataset>.npz`` there, else raw files / tfds via
     :func:`jaxsparse.data.load`), ``val_size`` (default: the dataset's 5,000 when known and
-    the training set is large enough, else 10% of the training examples), ``split_seed``
+    the training set is large enough, else 10% of the training examples; 0: none), ``split_seed``
     (default 0), ``num_classes`` (default: the dataset's, else max label + 1). ``digits``
     keeps :func:`jaxsparse.data.digits`'s own stratified split.
 
@@ -630,7 +651,7 @@ CPU_DEVICES_HELP = (
     "that pad the population by at most 1/8 (padded members cost as much as real ones), "
     "or a number. "
     "No effect on a GPU/TPU run, nor when XLA_FLAGS already fixes a count. Must be chosen "
-    "before JAX starts (jaxsparse.sweep.use_cpu_devices)."
+    "before JAX starts (jaxsparse.population.use_cpu_devices)."
 )
 
 
@@ -644,10 +665,10 @@ def cpu_devices(flag: str, members: int) -> int:
     takes the most devices, at most the core count, that pad the population by at most
     1/8 (a divisor of ``members`` needs no padding; 1 device never does).
     """
-    from jaxsparse import sweep
+    from jaxsparse.population import cpu_cores, use_cpu_devices
 
     if flag == "auto":
-        cores = sweep._cores()  # noqa: SLF001 - the affinity-aware core count
+        cores = cpu_cores()  # the affinity-aware core count
         members = max(1, members)
         count = max(d for d in range(1, min(cores, members) + 1)
                     if (-(-members // d) * d - members) * 8 <= members)
@@ -655,7 +676,28 @@ def cpu_devices(flag: str, members: int) -> int:
         count = int(flag)
     else:
         raise ConfigError(f"--cpu-devices must be 'auto' or a positive integer, got {flag!r}")
-    return sweep.use_cpu_devices(count)
+    return use_cpu_devices(count)
+
+
+def fit(trainer: Any, state: Any, dataset: Any, config: Any, *, checkpoint_dir: str,
+        tag: str, show_progress: bool = True) -> tuple[Any, float]:
+    """``trainer.fit`` as the drivers run it: the config's ``num_steps`` / ``eval_every`` /
+    ``checkpoint_every`` / ``keep_checkpoints``, a progress bar, :func:`pause_for_tests` at
+    ``"<tag>:<step>"`` after each checkpoint; returns ``(FitResult, seconds)``."""
+    bar, bar_cb = (progress(int(config.num_steps), 0, f"{config.name} {tag}")
+                   if show_progress else (None, None))
+    t0 = time.perf_counter()
+    try:
+        out = trainer.fit(state, dataset, num_steps=int(config.num_steps),
+                          eval_every=int(config.eval_every), callback=bar_cb,
+                          checkpoint_dir=checkpoint_dir,
+                          checkpoint_every=config.get("checkpoint_every") or config.eval_every,
+                          keep=int(config.get("keep_checkpoints", 2)),
+                          on_checkpoint=lambda step: pause_for_tests(f"{tag}:{step}"))
+    finally:
+        if bar is not None:
+            bar.close()
+    return out, time.perf_counter() - t0
 
 
 def pause_for_tests(tag: str) -> None:
@@ -766,6 +808,26 @@ def format_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return "\n".join([fmt(head), "-" * len(fmt(head)), *map(fmt, body)])
 
 
+def subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """``matplotlib.pyplot.subplots`` on the Agg backend (drivers write PNGs, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig: Any, path: str, *, dpi: int = 110) -> str:
+    """Lays out, writes and closes ``fig``; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(path: str, history: dict[str, list], *, title: str = "",
                 early_stop: int | None = None) -> None:
     """Loss and accuracy against iteration (train / val / test), PNG via matplotlib Agg.
@@ -773,12 +835,8 @@ def plot_curves(path: str, history: dict[str, list], *, title: str = "",
     A metric recorded per replicate (one list of per-replicate values per evaluation) is
     drawn as the mean over replicates with a ± :data:`SPREAD` band.
     """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     steps = history["step"]
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split in ("train", "val", "test"):
@@ -803,9 +861,7 @@ def plot_curves(path: str, history: dict[str, list], *, title: str = "",
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def progress(

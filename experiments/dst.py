@@ -1,7 +1,7 @@
 """Pruning during training side by side: dense, static (random ERK), SET, RigL, GMP.
 
-    python -m experiments.dst --config experiments/configs/digits_dst.py
-    python -m experiments.dst --config experiments/configs/evci2020_rigl_lenet300.py \\
+    python -m experiments.dst --config experiments/configs/dst/digits_dst.py
+    python -m experiments.dst --config experiments/configs/dst/evci2020_rigl_lenet300.py \\
         --data-file /path/mnist_subset_6k.npz
     python -m experiments.dst --config ... --pruner rigl --pruner set   # only these methods
 
@@ -158,7 +158,8 @@ def run_one(config: Any, path: str, dataset: Any, fn: Any, method: str, sparsity
     import jax
 
     from jaxsparse import masks as masks_lib
-    from jaxsparse import sweep, train
+    from jaxsparse import train
+    from jaxsparse.population import take_member
 
     name = "dense" if method == "dense" else f"{method}_s{sparsity:g}"
     run_path = os.path.join(path, name)
@@ -176,28 +177,18 @@ def run_one(config: Any, path: str, dataset: Any, fn: Any, method: str, sparsity
         return trainer.init_state(params, key=keys[2], model_state=model_state, masks=masks)
 
     state = jax.jit(jax.vmap(member))(common.replicate_keys(int(config.seed), R))
-    bar, bar_cb = (common.progress(int(config.num_steps), 0, f"{config.name} {name}")
-                   if show_progress else (None, None))
-    t0 = time.perf_counter()
-    try:
-        out = trainer.fit(state, dataset, num_steps=int(config.num_steps),
-                          eval_every=int(config.eval_every), callback=bar_cb,
-                          checkpoint_dir=os.path.join(run_path, "ckpt"),
-                          checkpoint_every=config.get("checkpoint_every") or config.eval_every,
-                          keep=int(config.get("keep_checkpoints", 2)),
-                          on_checkpoint=lambda step: common.pause_for_tests(f"{name}:{step}"))
-    finally:
-        if bar is not None:
-            bar.close()
+    out, seconds = common.fit(trainer, state, dataset, config, tag=name,
+                              checkpoint_dir=os.path.join(run_path, "ckpt"),
+                              show_progress=show_progress)
     masks = jax.device_get(out.state.masks)
-    reps = [masks_lib.report(sweep.take_member(masks, r)) for r in range(R)]
+    reps = [masks_lib.report(take_member(masks, r)) for r in range(R)]
     min_step = first_step_at_target(method, config)
     result = {"name": name, "method": method, "sparsity": sparsity,
               "early_stop_from_step": min_step, **summarise(out.history, min_step),
               "density": [rep.density for rep in reps],
               "layers": {row.path: float(np.mean([rp.rows[i].density for rp in reps]))
                          for i, row in enumerate(reps[0].rows)},
-              "history": out.history, "seconds": time.perf_counter() - t0}
+              "history": out.history, "seconds": seconds}
     os.makedirs(run_path, exist_ok=True)
     common.write_json(done, result)
     return result
@@ -301,11 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{list(METHODS)}")
             config.methods = tuple(args.pruner)
 
-    return cli.main(p, argv, lambda config, args: run(config, args.out,
-                                                       show_progress=not args.quiet),
-                    validate=validate, prepare=prepare,
+    return cli.main(p, argv, cli.runner(run), validate=validate, prepare=prepare,
                     flags={**cli.DATA_FLAGS, "replicates": "replicates"},
-                    members=lambda config, args: config.replicates)
+                    members=lambda config, args: config.replicates, driver="dst")
 
 
 if __name__ == "__main__":

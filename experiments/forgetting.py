@@ -1,7 +1,9 @@
 """What pruned networks forget: PIE populations per sparsity level, the null, CIE, disparity, VoG.
 
-    python -m experiments.forgetting --config experiments/configs/hooker2019_pie_digits.py
-    python -m experiments.forgetting --config experiments/configs/hooker2019_pie_mnist.py \\
+    python -m experiments.forgetting \\
+        --config experiments/configs/forgetting/hooker2019_pie_digits.py
+    python -m experiments.forgetting \\
+        --config experiments/configs/forgetting/hooker2019_pie_mnist.py \\
         --data-file /path/to/mnist_subset_6k.npz
     python -m experiments.forgetting --config ... --set members=10 --analyse-only
 
@@ -197,7 +199,8 @@ def _population_fns(fn, config: Any):
     """Per-member programs (logits at every snapshot, VoG, GraNd) via population_map."""
     import jax
 
-    from jaxsparse import forgetting, sweep
+    from jaxsparse import forgetting
+    from jaxsparse.population import population_map
 
     key = jax.random.key(0)
 
@@ -217,7 +220,7 @@ def _population_fns(fn, config: Any):
     def grand(params, model_state, masks, x, y):
         return forgetting.grand(fn.apply_fn, params, x, y, model_state=model_state, masks=masks)
 
-    pm = sweep.population_map
+    pm = population_map
     return dict(
         logits=pm(logits_at, in_axes=(0, 0, None)),
         snapshot_logits=pm(snapshot_logits, in_axes=(0, 0, None)),
@@ -501,10 +504,6 @@ def _flat_rows(rows: list[dict]) -> dict[str, list]:
 
 def plots(config: Any, d: dict, run: str, rows: list[dict]) -> list[str]:
     """The four PNGs of the module docstring; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from jaxsparse import forgetting
     from jaxsparse.forgetting import records
@@ -517,7 +516,7 @@ def plots(config: Any, d: dict, run: str, rows: list[dict]) -> list[str]:
     if not levels:
         return out
     # PIE share vs sparsity with the null band
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = common.subplots(figsize=(6.5, 4))
     s = [r["sparsity"] for r in levels]
     ax.fill_between([min(s), max(s)], dense_row["null_lo"], dense_row["null_hi"], color="gray",
                     alpha=0.25, label=f"dense-vs-dense null ({config.ci:.0%} interval)")
@@ -531,10 +530,7 @@ def plots(config: Any, d: dict, run: str, rows: list[dict]) -> list[str]:
     ax.set(xlabel="sparsity (fraction of weights pruned)", ylabel="% of test examples",
            title="Pruning identified exemplars vs the null")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.append(os.path.join(run, "pie_share.png"))
-    fig.savefig(out[-1], dpi=110)
-    plt.close(fig)
+    out.append(common.save_figure(fig, os.path.join(run, "pie_share.png")))
 
     top = levels[-1]
     dense = records.load(root, "dense", split="test")
@@ -546,7 +542,7 @@ def plots(config: Any, d: dict, run: str, rows: list[dict]) -> list[str]:
     idx = idx[:24]
     cols = 8
     nrow = max(1, -(-len(idx) // cols))
-    fig, axes = plt.subplots(nrow, cols, figsize=(cols * 1.3, nrow * 1.55), squeeze=False)
+    fig, axes = common.subplots(nrow, cols, figsize=(cols * 1.3, nrow * 1.55), squeeze=False)
     for a in axes.ravel():
         a.axis("off")
     for a, i in zip(axes.ravel(), idx, strict=False):
@@ -556,14 +552,11 @@ def plots(config: Any, d: dict, run: str, rows: list[dict]) -> list[str]:
                     fontsize=7, color=color)
     fig.suptitle(f"PIEs at {top['variant']}: y label, d dense mode, p pruned mode (red: dense "
                  "right, green: pruned right, gray: neither)", fontsize=9)
-    fig.tight_layout()
-    out.append(os.path.join(run, "pie_gallery.png"))
-    fig.savefig(out[-1], dpi=110)
-    plt.close(fig)
+    out.append(common.save_figure(fig, os.path.join(run, "pie_gallery.png")))
 
     # per-class disparity bars
     c = d["num_classes"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = common.subplots(figsize=(7, 4))
     width = 0.8 / len(levels)
     for j, r in enumerate(levels):
         diff = r["class_difference"]
@@ -578,10 +571,7 @@ def plots(config: Any, d: dict, run: str, rows: list[dict]) -> list[str]:
     ax.set(xlabel="class", ylabel="centred recall change (pp)",
            title="Per-class change vs dense (* BH-adjusted p <= alpha)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.append(os.path.join(run, "class_disparity.png"))
-    fig.savefig(out[-1], dpi=110)
-    plt.close(fig)
+    out.append(common.save_figure(fig, os.path.join(run, "class_disparity.png")))
 
     # error by VoG decile (dense population's class-normalised VoG)
     with np.load(os.path.join(run, level_id(0.0), "stats.npz")) as z:
@@ -590,7 +580,7 @@ def plots(config: Any, d: dict, run: str, rows: list[dict]) -> list[str]:
                                                   num_classes=d["num_classes"]))
     edges = np.quantile(score, np.linspace(0, 1, 11))
     dec = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, 9)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = common.subplots(figsize=(6.5, 4))
     for r in [dense_row, *levels]:
         pop = records.load(root, r["variant"], split="test")
         err = 1 - np.asarray(pop.correct, np.float64).mean(0)
@@ -599,10 +589,7 @@ def plots(config: Any, d: dict, run: str, rows: list[dict]) -> list[str]:
     ax.set(xlabel="VoG decile (dense population, class-normalised)",
            ylabel="test error (%)", title="Error by VoG decile")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.append(os.path.join(run, "vog_deciles.png"))
-    fig.savefig(out[-1], dpi=110)
-    plt.close(fig)
+    out.append(common.save_figure(fig, os.path.join(run, "vog_deciles.png")))
     return out
 
 
@@ -652,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}/table.txt, table.csv, results.json, record/, *.png "
               f"[{time.time() - t0:.0f}s]")
 
-    return cli.main(p, argv, go, validate=validate, members=lambda c, a: int(c.members))
+    return cli.main(p, argv, go, validate=validate, members=lambda c, a: int(c.members),
+                    driver="forgetting")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Loss Change Allocation of a training run: which parameters, layers and inputs moved the loss.
 
-    python -m experiments.lca --config experiments/configs/lan2019_lca_lenet300_mnist.py \\
+    python -m experiments.lca --config experiments/configs/lca/lan2019_lca_lenet300_mnist.py \\
         --data-file /path/mnist_subset_6k.npz
-    python -m experiments.lca --config experiments/configs/lan2019_lca_conv_digits.py
+    python -m experiments.lca --config experiments/configs/lca/lan2019_lca_conv_digits.py
 
 Trains one model with the one trainer (``jaxsparse.train.Trainer``) and a
 ``jaxsparse.lca.recorder`` hook that allocates every iteration's change of the loss on a fixed
@@ -18,8 +18,9 @@ otherwise) to the parameters, on device. Writes ``<out>/<name>-<hash>/``:
 * ``fraction_helping.png``, ``per_layer.png``, ``peaks.png``, ``input_pixels.png`` (a fully
   connected first layer: the per-input-pixel LCA as an image), ``curves.png``.
 
-Config keys: dataset, data_file (an ``.npz`` with ``images`` / ``labels``: a stratified
-``train_size`` / ``test_size`` split), model, model_kwargs, optimizer, learning_rate, momentum,
+Config keys: the data keys of ``experiments.common.load_dataset`` (``dataset``, ``data_file``,
+``test_size``, ``val_size``: Lan et al. train on everything but the test split, so
+``val_size=0``), model, model_kwargs, optimizer, learning_rate, momentum,
 batch_size, num_steps, eval_every, seed, lca_eval_size (``None``: the whole training set),
 lca_eval_batch_size, substeps, unroll (conv models on CPU), first_layer (path of the kernel for
 the input image). A finished run is skipped on relaunch.
@@ -27,7 +28,6 @@ the input image). A finished run is skipped on relaunch.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -35,43 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import common
-
-
-def npz_split(path: str, *, train_size: int, test_size: int, seed: int):
-    """A stratified train / test split of an ``.npz`` with uint8 ``images`` and ``labels``.
-
-    MNIST normalisation; no validation split. For the 6,000-digit MNIST subset: 5,000 / 1,000
-    (a subset, NOT the official MNIST split).
-    """
-    from sklearn.model_selection import train_test_split
-
-    from jaxsparse import data
-
-    with np.load(os.path.expanduser(path)) as z:
-        x, y = z["images"], z["labels"].astype(np.int32)
-    if x.ndim == 3:
-        x = x[..., None]
-    if train_size + test_size > len(y):
-        raise ValueError(f"{path} has {len(y)} examples, fewer than {train_size} + {test_size}")
-    mean, std = data.NORMALISATION["mnist"]
-    x = data.normalise(x, mean, std)
-    tr, te = train_test_split(np.arange(len(y)), train_size=train_size, test_size=test_size,
-                              stratify=y, random_state=seed)
-    empty = data.Split(x[:0], y[:0])
-    return data.Dataset("mnist_subset", data.Split(x[tr], y[tr]), empty,
-                        data.Split(x[te], y[te]), 10, mean, std, source=os.path.abspath(path))
-
-
-def load_dataset(config: Any):
-    from jaxsparse import data
-
-    if config.get("data_file"):
-        return npz_split(config.data_file, train_size=config.train_size,
-                         test_size=config.test_size, seed=config.seed)
-    if config.dataset == "digits":
-        return data.digits(seed=config.seed)
-    return data.load(config.dataset, data_dir=config.get("data_dir"))
+from experiments import cli, common
 
 
 def build(config: Any, dataset: Any):
@@ -131,15 +95,11 @@ def summarise(res: Any) -> dict:
 
 
 def plots(path: str, res: Any, config: Any, image_shape: tuple[int, ...] | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from jaxsparse import lca
 
     t = np.arange(res.steps)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = common.subplots(figsize=(7, 3.6))
     ax.plot(t, lca.fraction_helping(res), lw=0.8, label="all layers")
     ax.plot(t, lca.fraction_helping(res, exclude_zero=True), lw=0.8, color="k", alpha=0.6,
             label="all layers, among LCA != 0")
@@ -150,11 +110,9 @@ def plots(path: str, res: Any, config: Any, image_shape: tuple[int, ...] | None)
     ax.set_ylabel("fraction of parameters helping (LCA < 0)")
     ax.set_title(f"{config.name}: parameters that help per iteration")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(path, "fraction_helping.png"), dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, os.path.join(path, "fraction_helping.png"))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = common.subplots(1, 2, figsize=(10, 3.6))
     for j, name in enumerate(res.layers):
         axes[0].plot(t, np.cumsum(res.per_layer[:, j]), label=name)
     axes[0].set_xlabel("iteration")
@@ -167,12 +125,10 @@ def plots(path: str, res: Any, config: Any, image_shape: tuple[int, ...] | None)
     axes[1].axhline(0, color="k", lw=0.6)
     axes[1].set_ylabel("total LCA (> 0: the layer hurt)")
     fig.suptitle(f"{config.name}: per-layer LCA")
-    fig.tight_layout()
-    fig.savefig(os.path.join(path, "per_layer.png"), dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, os.path.join(path, "per_layer.png"))
 
     window = min(res.steps, 300)
-    fig, axes = plt.subplots(len(res.layers), 1, figsize=(8, 1.2 * len(res.layers) + 1),
+    fig, axes = common.subplots(len(res.layers), 1, figsize=(8, 1.2 * len(res.layers) + 1),
                              sharex=True, squeeze=False)
     for j, name in enumerate(res.layers):
         s = -res.per_layer[:window, j]
@@ -183,21 +139,17 @@ def plots(path: str, res: Any, config: Any, image_shape: tuple[int, ...] | None)
         axes[j, 0].set_ylabel(name, fontsize=7)
     axes[-1, 0].set_xlabel("iteration")
     fig.suptitle("-LCA per layer (learning) and its peaks, first iterations")
-    fig.tight_layout()
-    fig.savefig(os.path.join(path, "peaks.png"), dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, os.path.join(path, "peaks.png"))
 
     if image_shape is not None:
         img = lca.input_image(res, config.first_layer, image_shape)
         lim = float(np.abs(img).max())
-        fig, ax = plt.subplots(figsize=(4.2, 3.6))
+        fig, ax = common.subplots(figsize=(4.2, 3.6))
         im = ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
         ax.set_title("LCA per input pixel (first layer)\nblue: helped, red: hurt", fontsize=9)
         ax.axis("off")
         fig.colorbar(im, ax=ax)
-        fig.tight_layout()
-        fig.savefig(os.path.join(path, "input_pixels.png"), dpi=110)
-        plt.close(fig)
+        common.save_figure(fig, os.path.join(path, "input_pixels.png"))
 
 
 def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
@@ -210,7 +162,7 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
     if (done := common.finished_results(path)) is not None:
         return done
     results_path = os.path.join(path, "results.json")
-    dataset = load_dataset(config)
+    dataset = common.load_dataset(config)
     fn, tx = build(config, dataset)
     x_eval, y_eval = eval_set(config, dataset)
     rec = lca.recorder(fn.apply_fn, (x_eval, y_eval), num_steps=config.num_steps,
@@ -257,20 +209,7 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="python file with get_config()")
-    parser.add_argument("--data-file", help="an .npz with images/labels (the MNIST subset)")
-    parser.add_argument("--out", default="runs", help="parent of the run directories")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (Python literal), repeatable")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    config = common.load_config(args.config)
-    if args.data_file:
-        config.data_file = os.path.abspath(os.path.expanduser(args.data_file))
-    common.apply_overrides(config, args.set)
-    run(config, args.out, show_progress=not args.no_progress)
-    return 0
+    return cli.main(cli.parser(__doc__, population=False), argv, cli.runner(run), driver="lca")
 
 
 if __name__ == "__main__":

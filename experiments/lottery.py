@@ -1,7 +1,8 @@
 """Iterative magnitude pruning (lottery tickets): levels, replicates, controls, plots, export.
 
-    python -m experiments.lottery --config experiments/configs/digits_lenet.py --out runs/demo
-    python -m experiments.lottery --config experiments/configs/frankle2019_lenet300.py \\
+    python -m experiments.lottery --config experiments/configs/lottery/digits_lenet.py \\
+        --out runs/demo
+    python -m experiments.lottery --config experiments/configs/lottery/frankle2019_lenet300.py \\
         --data-file /path/mnist_subset_6k.npz --set num_steps=5000 --levels 8
 
 A thin command line over the library's IMP loop, :func:`jaxsparse.lottery.imp`: level 0
@@ -137,7 +138,8 @@ def experiment(config: Any, path: str, dataset: Any, *, show_progress: bool = Tr
     import jax
 
     from jaxsparse import data as data_lib
-    from jaxsparse import lottery, sweep
+    from jaxsparse import lottery
+    from jaxsparse.population import take_member
 
     fn = common.build_model(config, dataset)
     plan = make_plan(config)
@@ -146,9 +148,9 @@ def experiment(config: Any, path: str, dataset: Any, *, show_progress: bool = Tr
         where = os.path.join(path, f"level_{level:02d}", "ticket", "export")
         if config.get("export", True) and not os.path.exists(os.path.join(where,
                                                                           "density.json")):
-            lottery.export_ticket(where, sweep.take_member(params, 0),
-                                  sweep.take_member(masks, 0),
-                                  model_state=sweep.take_member(model_state, 0),
+            lottery.export_ticket(where, take_member(params, 0),
+                                  take_member(masks, 0),
+                                  model_state=take_member(model_state, 0),
                                   metadata={"level": level, "replicate": 0,
                                             "config": common.to_dict(config)})
 
@@ -295,11 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
     p.add_argument("--replicates", type=int, help="override config.replicates")
     p.add_argument("--levels", type=int, help="override config.levels (0 = dense only)")
-    return cli.main(p, argv, lambda config, args: run(config, args.out,
-                                                       show_progress=not args.quiet),
-                    validate=validate,
+    return cli.main(p, argv, cli.runner(run), validate=validate,
                     flags={**cli.DATA_FLAGS, "replicates": "replicates", "levels": "levels"},
-                    members=lambda config, args: config.replicates)
+                    members=lambda config, args: config.replicates, driver="lottery")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """N:M (2:4) recipes side by side: dense, one-shot, one-shot + fine-tune (ASP), SR-STE, STE.
 
-    python -m experiments.nm --config experiments/configs/nm_digits_lenet.py
-    python -m experiments.nm --config experiments/configs/nm_digits_conv4.py
-    python -m experiments.nm --config experiments/configs/nm_resnet20_cifar10.py \\
+    python -m experiments.nm --config experiments/configs/nm/nm_digits_lenet.py
+    python -m experiments.nm --config experiments/configs/nm/nm_digits_conv4.py
+    python -m experiments.nm --config experiments/configs/nm/nm_resnet20_cifar10.py \\
         --data-dir ~/data/cifar10
 
 Methods (config.methods):
@@ -12,7 +12,7 @@ Methods (config.methods):
     axis (``jaxsparse.nm_masks``), no training.
   * ``one_shot_finetune``: those masks, then ``num_steps`` more of masked training with a fresh
     optimizer on the original schedule (NVIDIA ASP).
-  * ``sr_ste``: from scratch, forward through ``jaxsparse.sr_ste`` (mask recomputed from |w|
+  * ``sr_ste``: from scratch, forward through ``jaxsparse.nm.sr_ste`` (mask recomputed from |w|
     every step, straight-through gradient + lambda_w * (1 - m) * w), ``num_steps``.
   * ``ste``: the same with lambda_w = 0.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Any
 
 from experiments import cli, common
@@ -88,21 +87,9 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
     def fit(name, apply_fn, tx, state):
         """One resumable training run of ``name`` (skips nothing: a finished checkpoint
         restores the final state at once)."""
-        bar, bar_cb = (common.progress(config.num_steps, 0, f"{config.name} {name}")
-                       if show_progress else (None, None))
-        t0 = time.perf_counter()
-        try:
-            res = train.Trainer(apply_fn, tx, batch_size=config.batch_size,
-                                augment=augment).fit(
-                state, dataset, num_steps=config.num_steps, eval_every=config.eval_every,
-                callback=bar_cb, checkpoint_dir=os.path.join(path, name, "ckpt"),
-                checkpoint_every=config.get("checkpoint_every") or config.eval_every,
-                keep=int(config.get("keep_checkpoints", 2)),
-                on_checkpoint=lambda step: common.pause_for_tests(f"{name}:{step}"))
-        finally:
-            if bar is not None:
-                bar.close()
-        return res, time.perf_counter() - t0
+        trainer = train.Trainer(apply_fn, tx, batch_size=config.batch_size, augment=augment)
+        return common.fit(trainer, state, dataset, config, tag=name, show_progress=show_progress,
+                          checkpoint_dir=os.path.join(path, name, "ckpt"))
 
     def record(name, params, masks, apply_fn, fit_result=None, seconds=0.0, model_state=None):
         done = os.path.join(path, name, "result.json")
@@ -112,7 +99,7 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
         else:
             sparse = params if masks is None else js.apply_masks(params, masks)
             ev = train.evaluate(apply_fn, sparse, x_te, y_te, model_state=model_state)
-            nm_ok = None if masks is None else bool(js.is_nm(sparse, n, m, rules=rules).ok)
+            nm_ok = None if masks is None else js.is_nm(sparse, n, m, rules=rules)
             density = 1.0 if masks is None else float(js.density(masks))
             es = None if fit_result is None else fit_result.early_stop
             rows[name] = dict(method=name, density=density, test_accuracy=ev["accuracy"],
@@ -157,7 +144,7 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
             continue
 
         def apply_sparse(params, model_state, x, *, train, key, lam=lam):
-            return fn.apply_fn(js.sr_ste(params, n, m, lambda_w=lam, rules=rules),
+            return fn.apply_fn(js.nm.sr_ste(params, n, m, lambda_w=lam, rules=rules),
                                model_state, x, train=train, key=key)
 
         res, seconds = fit(name, apply_sparse, tx, state)
@@ -194,9 +181,7 @@ def format_table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, population=False)
-    return cli.main(p, argv, lambda config, args: run(config, args.out,
-                                                       show_progress=not args.quiet),
-                    validate=validate)
+    return cli.main(p, argv, cli.runner(run), validate=validate, driver="nm")
 
 
 if __name__ == "__main__":

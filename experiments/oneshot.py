@@ -1,7 +1,7 @@
 """One-shot pruning of a small GPT with calibration data: magnitude, Wanda, SparseGPT, OWL.
 
-    python -m experiments.oneshot --config experiments/configs/oneshot_stdlib.py
-    python -m experiments.oneshot --config experiments/configs/oneshot_stdlib.py \\
+    python -m experiments.oneshot --config experiments/configs/oneshot/oneshot_stdlib.py
+    python -m experiments.oneshot --config experiments/configs/oneshot/oneshot_stdlib.py \\
         --set num_steps=100 --set sweep=()        # a quick look
 
 1. Trains ``jaxsparse.models.transformer.gpt`` on the standard-library corpus
@@ -10,7 +10,7 @@
 2. Validation perplexity of the dense model, then of every (method, setting) of the config:
    ``jaxsparse.oneshot.prune`` sequentially block by block with calibration windows from the
    training split; OWL through ``jaxsparse.oneshot.owl``. Every N:M result is checked with
-   ``jaxsparse.is_nm`` and one kernel of it goes through ``jaxsparse.compress`` /
+   ``jaxsparse.is_nm`` and one kernel of it goes through ``jaxsparse.nm.compress`` /
    ``decompress`` bit-exactly.
 3. Per-layer reconstruction errors ``||X W - X W_hat||_F / ||X W||_F`` on each method's own
    calibration inputs, and a sparsity sweep for the plot.
@@ -172,7 +172,7 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
     dense_ppl = ppl(params)
     print(f"dense: validation perplexity {dense_ppl:.3f} ({train_seconds:.0f}s training"
           f"{', resumed from a checkpoint' if resumed else ''})")
-    blocks = tf.oneshot_blocks(model)
+    blocks = oneshot.gpt_blocks(model)
     rows: list[dict] = [dict(method="dense", setting="-", target=0.0, sparsity=0.0,
                              perplexity=dense_ppl, seconds=0.0, nm_legal=None)]
     layer_rows: list[dict] = []
@@ -180,13 +180,12 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
     def record(method, setting, target, result, seconds, structure=None):
         legal = None
         if structure is not None:
-            legal = bool(js.is_nm(result.params, structure.n, structure.m,
-                                  rules=[(lambda p, x: p in result.layers, True),
-                                         (".*", False)]).ok)
+            legal = js.is_nm(result.params, structure.n, structure.m,
+                             rules=[(lambda p, x: p in result.layers, True), (".*", False)])
             k = next(iter(result.layers))
             w, mk = oneshot.get_subtree(result.params, k), oneshot.get_subtree(result.masks, k)
-            c = js.compress(w, structure.n, structure.m, mask=mk)
-            legal = legal and bool(jnp.array_equal(js.decompress(c), jnp.where(mk, w, 0)))
+            c = js.nm.compress(w, structure.n, structure.m, mask=mk)
+            legal = legal and bool(jnp.array_equal(js.nm.decompress(c), jnp.where(mk, w, 0)))
         row = dict(method=method, setting=setting, target=target,
                    sparsity=float(js.sparsity(result.masks)), perplexity=ppl(result.params),
                    seconds=seconds, nm_legal=legal)
@@ -284,13 +283,9 @@ def layers_md(layer_rows: list[dict]) -> str:
 def plot(path: str, results: dict, owl_rows: list[dict]) -> None:
     """Validation perplexity against sparsity per method (log y): the unstructured sweep as
     lines, 2:4 / 4:8 at 50% and OWL as markers in the method's colour, dense as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     sw = results["sweep"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = common.subplots(figsize=(6.4, 4.2))
     colors = {}
     for name, values in sw.items():
         if name != "sparsity":
@@ -314,16 +309,12 @@ def plot(path: str, results: dict, owl_rows: list[dict]) -> None:
     ax.set_title("one-shot pruning, small GPT on the Python stdlib")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, data=False, population=False)
-    return cli.main(p, argv, lambda config, args: run(config, args.out,
-                                                       show_progress=not args.quiet),
-                    validate=validate)
+    return cli.main(p, argv, cli.runner(run), validate=validate, driver="oneshot")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from experiments import common
 from experiments.common import SPREAD
 
 STYLE = {"ticket": dict(color="C0", marker="o", lw=2.0),
@@ -111,12 +112,8 @@ def _draw(ax, results: Sequence[dict], key: str, scale: float,
 
 def accuracy_vs_density(path: str, results: Sequence[dict], *, title: str = "") -> None:
     """Test accuracy at early stop / at the end (rows), full range / zoomed (columns)."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig, axes = common.subplots(2, 2, figsize=(11, 7.5))
     for row, (key, what) in enumerate((("early_stop_test_accuracy", "at the early-stop "
                                          "iteration"),
                                         ("final_test_accuracy", "at the end of training"))):
@@ -135,19 +132,13 @@ def accuracy_vs_density(path: str, results: Sequence[dict], *, title: str = "") 
             ax.legend(fontsize=7)
     n = max(len(r["density"]) for r in results)
     fig.suptitle(f"{title}  (mean over {n} replicates, band = ± {SPREAD})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def early_stop_vs_density(path: str, results: Sequence[dict], *, title: str = "") -> None:
     """Early-stop iteration (minimum validation loss) per branch; capped levels marked."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    fig, ax = common.subplots(figsize=(6.8, 4.4))
     cap = max(int(np.max(r["history"]["step"])) for r in results)
     _draw(ax, results, "early_stop_step", 1.0, cap=cap)
     marked = False
@@ -166,9 +157,7 @@ def early_stop_vs_density(path: str, results: Sequence[dict], *, title: str = ""
     ax.legend(fontsize=7)
     n = max(len(r["density"]) for r in results)
     ax.set_title(f"{title}  (mean over {n} replicates, band = ± {SPREAD})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def curves_by_run(path: str, histories: Mapping[str, dict], *, metric: str = "test_accuracy",
@@ -183,13 +172,9 @@ def curves_by_run(path: str, histories: Mapping[str, dict], *, metric: str = "te
       title: figure title.
       panels: panel title -> run names (default: one panel with every run).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     panels = {"": list(histories)} if panels is None else dict(panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.9), squeeze=False)
+    fig, axes = common.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.9), squeeze=False)
     for ax, (ptitle, names) in zip(axes[0], panels.items(), strict=True):
         late = []  # values from 20% of training on: the y range (the start is off scale)
         for i, name in enumerate(names):
@@ -217,6 +202,4 @@ def curves_by_run(path: str, histories: Mapping[str, dict], *, metric: str = "te
             ax.set_title(ptitle, fontsize=9)
     fig.suptitle(f"{title}  (mean, band = ± {SPREAD})" if title else f"band = ± {SPREAD}",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)

@@ -1,7 +1,7 @@
 """Forget-and-relearn generations (LLF, KE) vs the same number of plain training steps.
 
-    python -m experiments.relearn --config experiments/configs/zhou2022_llf_digits.py
-    python -m experiments.relearn --config experiments/configs/zhou2022_ke_digits.py
+    python -m experiments.relearn --config experiments/configs/relearn/zhou2022_llf_digits.py
+    python -m experiments.relearn --config experiments/configs/relearn/zhou2022_ke_digits.py
 
 Injects label noise into a fixed fraction of the training set (``jaxsparse.relearn.
 inject_label_noise``), then runs ``jaxsparse.relearn.generations`` twice over the one trainer:
@@ -26,7 +26,6 @@ training set relabelled), method (``"llf"``: ``llf_from``; ``"ke"``: ``ke_fracti
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, common
 
 
 def forget_op(config: Any):
@@ -68,12 +67,8 @@ COLUMNS = ("generation", "step", "test_accuracy", "clean_accuracy", "noisy_accur
 
 
 def plot(path: str, tables: dict[str, list[dict]], title: str) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = common.subplots(1, 2, figsize=(10, 3.8))
     for i, (name, table) in enumerate(tables.items()):
         g = [r["generation"] for r in table]
         axes[0].plot(g, [r["test_accuracy"] for r in table], marker="o", color=f"C{i}",
@@ -89,9 +84,7 @@ def plot(path: str, tables: dict[str, list[dict]], title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def run(config: Any, out: str) -> dict:
@@ -152,16 +145,8 @@ def run(config: Any, out: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="python file with get_config()")
-    parser.add_argument("--out", default="runs", help="parent of the run directories")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (Python literal), repeatable")
-    args = parser.parse_args(argv)
-    config = common.load_config(args.config)
-    common.apply_overrides(config, args.set)
-    run(config, args.out)
-    return 0
+    return cli.main(cli.parser(__doc__, population=False), argv,
+                    lambda config, args: run(config, args.out), driver="relearn")
 
 
 if __name__ == "__main__":

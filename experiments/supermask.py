@@ -1,9 +1,11 @@
 """Supermasks: learned (Bernoulli) supermasks, edge-popup, and supermasks at initialisation.
 
-    python -m experiments.supermask --config experiments/configs/digits_supermask.py
-    python -m experiments.supermask --config experiments/configs/digits_edgepopup.py
-    python -m experiments.supermask --config experiments/configs/digits_supermask_at_init.py
-    python -m experiments.supermask --config experiments/configs/zhou2019_supermask_fc.py \\
+    python -m experiments.supermask --config experiments/configs/supermask/digits_supermask.py
+    python -m experiments.supermask --config experiments/configs/supermask/digits_edgepopup.py
+    python -m experiments.supermask \\
+        --config experiments/configs/supermask/digits_supermask_at_init.py
+    python -m experiments.supermask \\
+        --config experiments/configs/supermask/zhou2019_supermask_fc.py \\
         --data-file /path/mnist_subset_6k.npz
 
 ``config.method`` (or ``--mode``) picks what runs:
@@ -19,10 +21,17 @@
   initial weights (and, with ``signed_constant``, to ``sign(w_init) * std(layer)``) and
   evaluates it. Plots accuracy at init against density (``at_init.png``).
 
+The configs keep the papers' word, ``density`` / ``densities`` (k, the fraction KEPT); the
+library speaks sparsity (the fraction pruned), and this driver converts at its boundary:
+``sparsity = 1 - density`` (:func:`sparsity_of`).
+
 No weight is ever trained in ``learned`` / ``edge_popup``: the run asserts the frozen weights
 are bitwise unchanged at the end. Output ``<out>/<name>-<hash>/``: ``results.json``,
 ``metrics.csv``, ``curves.png`` (training) or ``at_init.csv`` / ``at_init.png`` (sweep), and
-``export/`` (the found subnetwork as dense-with-zeros params + bool masks, ``.npz``).
+``export/`` (the found subnetwork as dense-with-zeros params + bool masks:
+``params.npz`` / ``masks.npz`` written by ``jaxsparse.checkpoint.save_tree``, one entry per
+leaf path, e.g. ``np.load("export/masks.npz")["fc0/kernel"]``; read back as a tree with
+``checkpoint.load_tree(path, like=params)``).
 
 Population mode (``learned`` / ``edge_popup``), ``config.replicates > 1`` or ``--replicates N``:
 the N replicates train as ONE population (``jaxsparse.train.Trainer`` on the stacked state:
@@ -61,6 +70,11 @@ def build_optimizer(config: Any, num_steps: int):
     return common.build_tx(config, masked=False, num_steps=num_steps)
 
 
+def sparsity_of(density: float) -> float:
+    """The library's sparsity (fraction pruned) of a config's ``density`` (fraction kept)."""
+    return 1.0 - float(density)
+
+
 def build_supermask(config: Any, apply_fn):
     from jaxsparse import supermask
 
@@ -69,17 +83,15 @@ def build_supermask(config: Any, apply_fn):
                      train_other=config.get("train_other", False))
     if config.method == "learned":
         return supermask.learned_supermask(apply_fn, **common_kw)
-    return supermask.edge_popup(apply_fn, config.density, **common_kw)
+    return supermask.edge_popup(apply_fn, sparsity_of(config.density), **common_kw)
 
 
-def _save_export(path: str, params: Any, masks: Any) -> None:
-    from jaxsparse import rules
+def save_export(path: str, params: Any, masks: Any) -> None:
+    """The found subnetwork: ``path/params.npz`` and ``path/masks.npz`` (one entry per leaf)."""
+    from jaxsparse import checkpoint
 
-    os.makedirs(path, exist_ok=True)
-    np.savez(os.path.join(path, "params.npz"),
-             **{p: np.asarray(v) for p, v in rules.leaves_with_paths(params)})
-    np.savez(os.path.join(path, "masks.npz"),
-             **{p: np.asarray(v) for p, v in rules.leaves_with_paths(masks)})
+    checkpoint.save_tree(os.path.join(path, "params.npz"), params)
+    checkpoint.save_tree(os.path.join(path, "masks.npz"), masks)
 
 
 def validate(config: Any) -> None:
@@ -98,6 +110,9 @@ def validate(config: Any) -> None:
             if not 0.0 < float(d) <= 1.0:
                 raise cli.UsageError(f"config densities: {d!r} is not a density in (0, 1]")
         return
+    if config.method == "edge_popup" and not 0.0 <= float(config.density) <= 1.0:
+        raise cli.UsageError(f"config density={config.density!r}: the fraction of each layer "
+                             "KEPT must be in [0, 1]")
     try:
         build_supermask(config, lambda *a, **k: None)
     except (ValueError, TypeError) as e:
@@ -120,7 +135,7 @@ def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
     import jax
 
     from jaxsparse import masks as masks_lib
-    from jaxsparse import supermask, train
+    from jaxsparse import train
 
     fn = common.build_model(config, dataset)
     k_model, k_sm, k_data = jax.random.split(jax.random.key(config.seed), 3)
@@ -160,8 +175,8 @@ def run_training(config: Any, out: str, *, show_progress: bool = True) -> dict:
     dense_params, masks = sm.export(st.params, st.model_state)
     results["density"] = float(masks_lib.density(masks))
     results["density_report"] = masks_lib.report(masks).as_dicts()
-    results["compact"] = supermask.compact_report(masks)
-    _save_export(os.path.join(path, "export"), dense_params, masks)
+    results["compact"] = masks_lib.compact_report(masks)
+    save_export(os.path.join(path, "export"), dense_params, masks)
     common.write_csv(os.path.join(path, "metrics.csv"), h)
     common.plot_curves(os.path.join(path, "curves.png"), h, title=config.name)
     common.write_json(os.path.join(path, "timing.json"), {"seconds": seconds})
@@ -215,8 +230,9 @@ def run_population(config: Any, out: str, *, show_progress: bool = True,
     """
     import jax
 
-    from jaxsparse import lottery, supermask, sweep, train
+    from jaxsparse import lottery, train
     from jaxsparse import masks as masks_lib
+    from jaxsparse.population import population_map, take_member
 
     R = int(config.get("replicates", 1))
     dataset = common.load_dataset(config) if dataset is None else dataset
@@ -260,7 +276,7 @@ def run_population(config: Any, out: str, *, show_progress: bool = True,
     x_te, y_te = dataset.test
     if config.method == "learned":
         det = functools.partial(sm.apply, deterministic=True)
-        acc = sweep.population_map(train.make_eval(det), in_axes=(0, 0, 0, None, None))(
+        acc = population_map(train.make_eval(det), in_axes=(0, 0, 0, None, None))(
             state.params, state.model_state, state.masks, x_te, y_te)["accuracy"]
         em = [float(v) for v in jax.device_get(acc)]
         results["expected_mask_test_accuracy"] = em
@@ -268,13 +284,13 @@ def run_population(config: Any, out: str, *, show_progress: bool = True,
          results["expected_mask_test_accuracy_std"]) = _mean_std(em)
     dense_params, masks = jax.jit(jax.vmap(sm.export))(state.params, state.model_state)
     dense_params, masks = jax.device_get((dense_params, masks))
-    results["density"] = [float(masks_lib.density(sweep.take_member(masks, r))) for r in range(R)]
+    results["density"] = [float(masks_lib.density(take_member(masks, r))) for r in range(R)]
     results["density_mean"], results["density_std"] = _mean_std(results["density"])
-    masks0 = sweep.take_member(masks, 0)
+    masks0 = take_member(masks, 0)
     results["density_report"] = masks_lib.report(masks0).as_dicts()  # replicate 0
-    results["compact"] = supermask.compact_report(masks0)  # replicate 0
+    results["compact"] = masks_lib.compact_report(masks0)  # replicate 0
     results["history"] = h
-    _save_export(os.path.join(path, "export"), sweep.take_member(dense_params, 0), masks0)
+    save_export(os.path.join(path, "export"), take_member(dense_params, 0), masks0)
     rows = {"replicate": list(range(R)), "density": results["density"],
             **{f"final_{m}": final[m] for m in names},
             **{k: v for k, v in results["early_stop"].items() if k != "final_test_accuracy"}}
@@ -335,7 +351,7 @@ def run_at_init(config: Any, out: str, *, show_progress: bool = True) -> dict:
         for density in config.densities:
             for signed in config.signed_constant:
                 params, _ = supermask.at_init(
-                    init_params, final, density=density, criterion=criterion,
+                    init_params, final, sparsity=sparsity_of(density), criterion=criterion,
                     signed_constant=signed, scope=config.scope, key=k_rand)
                 rows.append({"criterion": criterion, "density": density,
                              "signed_constant": bool(signed), "test_accuracy": acc(params)})
@@ -411,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
 
     return cli.main(p, argv, run, validate=validate, prepare=prepare,
                     optional={"replicates": (int,)},
-                    members=lambda config, args: int(config.get("replicates", 1)))
+                    members=lambda config, args: int(config.get("replicates", 1)),
+                    driver="supermask")
 
 
 if __name__ == "__main__":

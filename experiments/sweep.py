@@ -1,6 +1,6 @@
 """Runs a hyperparameter grid as one sharded population; resumable; merged table and plot.
 
-    python -m experiments.sweep --config experiments/configs/sweep_digits.py
+    python -m experiments.sweep --config experiments/configs/sweep/sweep_digits.py
     python -m experiments.sweep --config ... --task-index $SLURM_ARRAY_TASK_ID --num-tasks 4
     python -m experiments.sweep --config ... --merge-only      # after all array jobs
 
@@ -8,7 +8,7 @@ Every member (learning rate x sparsity x seed) of a task trains in ONE compiled 
 one trainer (``jaxsparse.train.Trainer``) on the stacked population state, the per-member
 learning rate in the optimizer state (``optax.inject_hyperparams``), the per-member sparsity
 a traced value of the random layerwise pruning at init (exact counts), the member axis
-sharded over every device (``jaxsparse.sweep.population_map``). The population is
+sharded over every device (``jaxsparse.population.population_map``). The population is
 checkpointed every ``checkpoint_every`` iterations (default ``eval_every``;
 ``task_XX/ckpt/``); a relaunch resumes from the newest checkpoint, bitwise. Each task writes
 ``task_XX/results.jsonl``; the merge writes ``table.txt``, ``table.csv``, ``table.json``
@@ -76,10 +76,10 @@ def run_task(config: Any, out: str, task_index: int, num_tasks: int, *, dataset:
     import optax
 
     import jaxsparse as js
-    from jaxsparse import sweep, train
+    from jaxsparse import population, train
 
-    members = sweep.task_slice(sweep.grid(**{a: list(config[a]) for a in AXES}),
-                               task_index, num_tasks)
+    members = population.task_slice(population.grid(**{a: list(config[a]) for a in AXES}),
+                                    task_index, num_tasks)
     task_dir = os.path.join(out, f"task_{task_index:02d}")
     if os.path.exists(os.path.join(task_dir, "results.jsonl")):
         print(f"{task_dir}: finished, skipped")
@@ -87,10 +87,10 @@ def run_task(config: Any, out: str, task_index: int, num_tasks: int, *, dataset:
     ds = common.load_dataset(config) if dataset is None else dataset
     fn = common.build_model(config, ds, model_kwargs={"hidden": tuple(config.hidden)})
     tx = js.masked(optax.inject_hyperparams(optax.adam)(learning_rate=1e-3))
-    hp = sweep.stack_configs(members, AXES)
+    hp = population.stack_configs(members, AXES)
     backend = config.get("backend", "sharding")
-    state = sweep.population_map(functools.partial(_member_state, fn, tx),
-                                 backend=backend)(hp)
+    state = population.population_map(functools.partial(_member_state, fn, tx),
+                                      backend=backend)(hp)
     ckpt = os.path.join(task_dir, "ckpt")
     from jaxsparse import checkpoint
 
@@ -120,23 +120,23 @@ def run_task(config: Any, out: str, task_index: int, num_tasks: int, *, dataset:
         rows.append(dict(cfg, test_accuracy=float(h["test_accuracy"][-1][i]),
                          density=float(density[i]),
                          curve=[float(a[i]) for a in h["test_accuracy"]], steps=h["step"]))
-    sweep.write_results(task_dir, rows)
+    population.write_results(task_dir, rows)
     return task_dir
 
 
 def merge(out: str) -> list[dict]:
     """Merges every task's rows: mean and sample std over seeds per configuration."""
-    from jaxsparse import sweep
+    from jaxsparse import population
 
     files = sorted(glob.glob(os.path.join(out, "task_*", "results.jsonl")))
     if not files:
         raise cli.UsageError(f"no task results under {out}")
-    rows = sweep.read_results(files)
+    rows = population.read_results(files)
     steps = rows[0]["steps"]
     for r in rows:
         r.pop("steps", None)
-    table = sweep.merge_results(rows, metrics=["test_accuracy", "density", "curve"])
-    text = sweep.format_table(table, ["test_accuracy", "density"])
+    table = population.merge_results(rows, metrics=["test_accuracy", "density", "curve"])
+    text = population.format_table(table, ["test_accuracy", "density"])
     text += f"\n(mean ± {common.SPREAD} over seeds; n = number of seeds)"
     print(text)
     with open(os.path.join(out, "table.txt"), "w") as f:
@@ -192,17 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge-only", action="store_true")
 
     def members(config: Any, args) -> int:
-        from jaxsparse import sweep
+        from jaxsparse import population
 
         index, num = _task(args)
-        return len(sweep.task_slice(sweep.grid(**{a: list(config[a]) for a in AXES}),
-                                    index, num))
+        grid = population.grid(**{a: list(config[a]) for a in AXES})
+        return len(population.task_slice(grid, index, num))
 
     def run(config: Any, args) -> None:
-        from jaxsparse import sweep
+        from jaxsparse import population
 
         index, num = _task(args)
-        sweep.init_distributed()  # multi-host when SLURM / JAX_COORDINATOR_ADDRESS say so
+        population.init_distributed()  # multi-host when SLURM / JAX_COORDINATOR_ADDRESS say so
         dataset = common.load_dataset(config)
         out = common.run_dir(args.out, config, dataset=dataset)
         if not args.merge_only:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{done}/{num} tasks finished; merge with --merge-only when all are done")
 
-    return cli.main(p, argv, run, validate=validate, members=members)
+    return cli.main(p, argv, run, validate=validate, members=members, driver="sweep")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Train one model on one dataset from a config file, checkpointed and resumable.
 
-    python -m experiments.train --config experiments/configs/lenet300_digits.py
-    python -m experiments.train --config experiments/configs/lenet300_digits.py \\
+    python -m experiments.train --config experiments/configs/train/lenet300_digits.py
+    python -m experiments.train --config experiments/configs/train/lenet300_digits.py \\
         --dataset mnist --data-dir ~/data/mnist --set num_steps=50000
 
 Writes ``<out>/<name>-<hash>/`` (the hash covers the hyperparameters and the data's content
@@ -12,7 +12,7 @@ the test accuracy there, final metrics, density) and ``curves.png``. Relaunching
 command skips a finished run and resumes an interrupted one from its newest checkpoint; the
 result is bitwise the same as a run that was never interrupted.
 
-Config keys (see experiments/configs/lenet300_digits.py): dataset, data_dir, model,
+Config keys (see experiments/configs/train/lenet300_digits.py): dataset, data_dir, model,
 model_kwargs, optimizer ("adam" | "sgd"), learning_rate, momentum, weight_decay,
 lr_milestones (iterations where the learning rate is multiplied by lr_gamma), lr_gamma,
 val_size (None = the default: see experiments.common.load_dataset), batch_size, num_steps,
@@ -132,9 +132,7 @@ def run(config: Any, out: str, *, show_progress: bool = True) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, population=False)
-    return cli.main(p, argv, lambda config, args: run(config, args.out,
-                                                       show_progress=not args.quiet),
-                    validate=validate)
+    return cli.main(p, argv, cli.runner(run), validate=validate, driver="train")
 
 
 if __name__ == "__main__":

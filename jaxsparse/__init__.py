@@ -17,22 +17,18 @@ Array([False, False, False,  True,  True], dtype=bool)
 """
 
 import importlib
+import warnings
 
 from jaxsparse import (
     lottery,
     masks,
     nm,
-    nm_export,
-    nm_permute,
-    nm_train,
     optim,
     pruners,
     rules,
     scores,
     select,
     supermask,
-    sweep,
-    sweep_io,
     testing,
 )
 from jaxsparse.lottery import (
@@ -47,6 +43,7 @@ from jaxsparse.lottery import (
 )
 from jaxsparse.masks import (
     apply_masks,
+    compact_report,
     count_kept,
     count_total,
     density,
@@ -61,20 +58,8 @@ from jaxsparse.masks import (
     validate,
 )
 from jaxsparse.nm import NM, is_nm, nm_mask, nm_masks, reduction_axis
-from jaxsparse.nm_export import NMCompressed, compress, decompress, export_cutlass, nm_matmul
-from jaxsparse.nm_permute import permute, search_permutation
-from jaxsparse.nm_train import sparse_weight, sr_ste, sr_ste_decay, ste, transposable_mask
 from jaxsparse.optim import masked, masked_apply_gradients, reset_moments
-from jaxsparse.select import Block, num_pruned, prune
-from jaxsparse.supermask import (
-    Supermask,
-    bernoulli_ste,
-    compact_report,
-    edge_popup,
-    learned_supermask,
-    topk_ste,
-)
-from jaxsparse.sweep import (
+from jaxsparse.population import (
     init_distributed,
     init_population,
     make_mesh,
@@ -82,19 +67,35 @@ from jaxsparse.sweep import (
     population_map,
     shard_population,
     task_slice,
-    train_population,
+)
+from jaxsparse.select import Block, num_pruned, prune
+from jaxsparse.supermask import (
+    Supermask,
+    bernoulli_ste,
+    edge_popup,
+    learned_supermask,
+    topk_ste,
 )
 
 __version__ = "0.1.0"
 
 # Submodules with heavier dependencies, imported on first use: ``js.models``, ``js.data``...
 _LAZY = ("models", "data", "train", "checkpoint", "flax_utils", "forgetting", "lca", "relearn",
-         "oneshot", "textdata")
+         "oneshot", "textdata", "population", "sweep")
+
+# N:M names that moved to ``jaxsparse.nm``: the top-level aliases work for one more release.
+_NM_MOVED = ("NMCompressed", "compress", "decompress", "export_cutlass", "nm_matmul", "permute",
+             "search_permutation", "sparse_weight", "sr_ste", "sr_ste_decay", "ste",
+             "transposable_mask")
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return importlib.import_module(f"jaxsparse.{name}")
+    if name in _NM_MOVED:
+        warnings.warn(f"jaxsparse.{name} is deprecated; use jaxsparse.nm.{name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(nm, name)
     raise AttributeError(f"module 'jaxsparse' has no attribute {name!r}")
 
 
@@ -112,16 +113,14 @@ __all__ = [
     "Plan", "Ticket", "export_ticket", "imp", "load_ticket", "prune_and_rewind", "read_ticket",
     "rewind",
     # N:M
-    "NM", "is_nm", "nm_mask", "nm_masks", "reduction_axis", "NMCompressed", "compress",
-    "decompress", "export_cutlass", "nm_matmul", "permute", "search_permutation",
-    "sparse_weight", "sr_ste", "sr_ste_decay", "ste", "transposable_mask",
+    "NM", "is_nm", "nm_mask", "nm_masks", "reduction_axis",
     # supermasks
     "Supermask", "bernoulli_ste", "compact_report", "edge_popup", "learned_supermask",
     "topk_ste",
     # sweeps
     "init_distributed", "init_population", "make_mesh", "merge_results", "population_map",
-    "shard_population", "task_slice", "train_population",
+    "shard_population", "task_slice",
     # submodules
-    "lottery", "masks", "nm", "nm_export", "nm_permute", "nm_train", "optim", "pruners", "rules",
-    "scores", "select", "supermask", "sweep", "sweep_io", "testing", *_LAZY,
+    "lottery", "masks", "nm", "optim", "pruners", "rules",
+    "scores", "select", "supermask", "testing", *_LAZY,
 ]

@@ -36,16 +36,20 @@ with no fall-back (every kept step would differ the same way).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import warnings
 import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from jaxsparse import rules as rules_lib
 from jaxsparse.typing import PyTree
 
 _TMP = re.compile(r"\.orbax-checkpoint-tmp")
@@ -56,28 +60,122 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or whose contents are not what was saved."""
 
 
-def _is_key(x: Any) -> bool:
+def is_key(x: Any) -> bool:
+    """Whether ``x`` (an array or a ``ShapeDtypeStruct``) holds typed PRNG keys."""
     dtype = getattr(x, "dtype", None)
     return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def _paths(tree: PyTree) -> list[str]:
-    return [jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+def leaf_names(tree: PyTree) -> list[str]:
+    """One unique name per leaf, in flattening order: the ``/``-joined path string
+    (``jaxsparse.rules.path_str``), or ``jax.tree_util.keystr`` where two path strings agree.
+
+    >>> leaf_names({"fc0": {"kernel": 0, "bias": 0}, "step": 0})
+    ['fc0/bias', 'fc0/kernel', 'step']
+    """
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    names = [rules_lib.path_str(kp) for kp, _ in flat]
+    if len(set(names)) == len(names):
+        return names
+    seen: dict[str, int] = {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+    return [jax.tree_util.keystr(kp) if seen[n] > 1 else n
+            for (kp, _), n in zip(flat, names, strict=True)]
 
 
-def _flatten(tree: PyTree) -> tuple[dict[str, Any], list[str]]:
-    leaves = jax.tree_util.tree_leaves(tree)
-    out = {}
-    for i, leaf in enumerate(leaves):
-        # Typed PRNG keys are stored as their raw uint32 data.
-        out[f"{i:05d}"] = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
-    return out, _paths(tree)
+def _key_impl(x: Any) -> str | None:
+    try:
+        return str(jax.random.key_impl(x))
+    except (TypeError, AttributeError):  # a ShapeDtypeStruct: no impl to read
+        return None
+
+
+def flatten(tree: PyTree) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The one key-aware flatten: ``({name: numpy array}, {name: PRNG impl})``.
+
+    The arrays are in flattening order, named by :func:`leaf_names`; a typed PRNG key leaf
+    (e.g. NNX RNG state, a train state's ``key``) becomes its raw ``uint32`` key data and its
+    implementation's name goes into the second dict, so :func:`unflatten` can rebuild it. Every
+    store of this module (:class:`Checkpointer`, :func:`save_tree`, :func:`save_pytree`) writes
+    what this returns.
+
+    >>> arrays, impls = flatten({"w": jnp.ones(2), "key": jax.random.key(0)})
+    >>> {k: v.dtype.name for k, v in arrays.items()}, impls
+    ({'key': 'uint32', 'w': 'float32'}, {'key': 'threefry2x32'})
+    """
+    leaves = jax.tree_util.tree_leaves(jax.device_get(tree))
+    arrays, impls = {}, {}
+    for name, x in zip(leaf_names(tree), leaves, strict=True):
+        if is_key(x):
+            impls[name] = _key_impl(x)
+            x = jax.random.key_data(x)
+        arrays[name] = np.asarray(x)
+    return arrays, impls
+
+
+def unflatten(
+    arrays: Mapping[str, Any] | Sequence[Any],
+    like: PyTree,
+    *,
+    impls: Mapping[str, str] | None = None,
+    where: str = "tree",
+) -> PyTree:
+    """Undoes :func:`flatten`: the arrays in ``like``'s structure, PRNG keys rebuilt.
+
+    Args:
+      arrays: ``{name: array}`` (matched to ``like``'s leaves by :func:`leaf_names`) or a
+        sequence in flattening order (matched by position).
+      like: arrays or ``ShapeDtypeStruct`` giving the structure and the shapes (checked); a key
+        leaf of ``like`` is rebuilt with its own implementation (else ``impls``' entry, else
+        the default).
+      impls: ``{name: PRNG impl}`` from :func:`flatten`.
+      where: what the arrays are (for errors).
+
+    Returns:
+      ``like``'s structure with numpy leaves (typed key arrays for keys). Dtypes are the saved
+      ones: cast if needed.
+
+    Raises:
+      ValueError: a leaf missing, of another shape, or another number of leaves (names the
+        leaf).
+    """
+    impls = dict(impls or {})
+    names = leaf_names(like)
+    refs = jax.tree_util.tree_leaves(like)
+    if isinstance(arrays, Mapping):
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise ValueError(f"{where}: no leaf {missing[0]!r} ({len(missing)} missing); it has "
+                             f"{sorted(arrays)[:8]}")
+        values = [arrays[n] for n in names]
+        if len(arrays) != len(names):
+            extra = sorted(set(arrays) - set(names))
+            raise ValueError(f"{where}: {len(arrays)} leaves saved, {len(names)} expected "
+                             f"(not expected: {extra[:8]})")
+    else:
+        values = list(arrays)
+        if len(values) != len(names):
+            raise ValueError(f"{where}: {len(values)} leaves saved, {len(names)} expected")
+    out = []
+    for name, ref, a in zip(names, refs, values, strict=True):
+        a = np.asarray(a)
+        if is_key(ref):
+            impl = _key_impl(ref) or impls.get(name)
+            a = (jax.random.wrap_key_data(a) if impl is None
+                 else jax.random.wrap_key_data(a, impl=impl))
+        elif a.shape != tuple(np.shape(ref)):
+            raise ValueError(f"{where}: leaf {name!r} saved with shape {a.shape}, expected "
+                             f"{tuple(np.shape(ref))}")
+        out.append(a)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), out)
 
 
 def _abstract(tree: PyTree) -> dict[str, jax.ShapeDtypeStruct]:
+    """What :func:`flatten` writes for ``tree`` (concrete or abstract), keyed by index."""
     out = {}
     for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
-        if _is_key(leaf):
+        if is_key(leaf):
             leaf = jax.eval_shape(jax.random.key_data, leaf)
         dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
         out[f"{i:05d}"] = jax.ShapeDtypeStruct(np.shape(leaf), dtype)
@@ -88,25 +186,21 @@ def _crc(x: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(x).view(np.uint8).reshape(-1).data)
 
 
-def _unflatten(flat: dict[str, Any], target: PyTree) -> PyTree:
-    leaves, treedef = jax.tree_util.tree_flatten(target)
-    out = []
-    for i, t in enumerate(leaves):
-        v = flat[f"{i:05d}"]
-        if _is_key(t):
-            v = jax.random.wrap_key_data(np.asarray(v), impl=jax.random.key_impl(t))
-        else:
-            t_dtype = t.dtype if hasattr(t, "dtype") else np.asarray(t).dtype
-            v = jax.numpy.asarray(v, dtype=t_dtype)
-        out.append(v)
-    return jax.tree_util.tree_unflatten(treedef, out)
+def _restore_like(flat: dict[str, Any], target: PyTree, meta: dict, where: str) -> PyTree:
+    """The checkpoint's arrays (index-keyed) in ``target``'s structure and dtypes."""
+    values = [flat[f"{i:05d}"] for i in range(len(flat))]
+    tree = unflatten(values, target, impls=meta.get("prng_keys"), where=where)
+    return jax.tree.map(
+        lambda v, t: v if is_key(v) else jax.numpy.asarray(
+            v, dtype=t.dtype if hasattr(t, "dtype") else np.asarray(t).dtype),
+        tree, target)
 
 
 def _check_against_target(step_dir: str, meta: dict, target: PyTree) -> None:
     """A ``ValueError`` naming the first leaf where the checkpoint's tree differs."""
     saved_paths = meta["paths"]
     abstract = _abstract(target)
-    t_paths = _paths(target)
+    t_paths = leaf_names(target)
     if len(saved_paths) != len(t_paths):
         only_c = [p for p in saved_paths if p not in set(t_paths)]
         only_t = [p for p in t_paths if p not in set(saved_paths)]
@@ -191,10 +285,13 @@ class Checkpointer:
 
     def save(self, step: int, tree: PyTree, *, metadata: dict | None = None) -> None:
         """Starts saving ``tree`` (and JSON-able ``metadata``) as checkpoint ``step``."""
-        flat, paths = _flatten(tree)
+        arrays, impls = flatten(tree)
         leaves = [{"shape": list(v.shape), "dtype": str(v.dtype), "crc32": _crc(v)}
-                  for v in flat.values()]
-        meta = {"format": FORMAT, "metadata": metadata or {}, "paths": paths, "leaves": leaves}
+                  for v in arrays.values()]
+        meta = {"format": FORMAT, "metadata": metadata or {}, "paths": list(arrays),
+                "leaves": leaves, "prng_keys": impls}
+        # On disk the arrays are keyed by index (format 2): orbax item names stay plain.
+        flat = {f"{i:05d}": v for i, v in enumerate(arrays.values())}
         self._mngr.save(
             int(step),
             args=self._ocp.args.Composite(
@@ -277,7 +374,7 @@ class Checkpointer:
                     f"checkpoint {step_dir} is corrupt: leaf {i} {meta['paths'][i]!r} in "
                     f"{os.path.join(step_dir, 'tree')} does not match the CRC-32 recorded when it "
                     "was saved")
-        return _unflatten(flat, target), dict(meta["metadata"])
+        return _restore_like(flat, target, meta, step_dir), dict(meta["metadata"])
 
     def _quarantine(self, step: int) -> str:
         src = self.step_dir(step)
@@ -327,3 +424,116 @@ def latest_step(directory: str) -> int | None:
         return c.latest_step()
     finally:
         c.close()
+
+
+# --------------------------------------------------------------------------- npz tree store
+
+
+_NPZ_KEYS = "__prng_keys__"  # the {name: impl} JSON of a tree store with PRNG keys
+_OLD_NPZ = re.compile(r"leaf_\d{5}")  # written before leaves were named: matched by position
+
+
+def save_tree(path: str | os.PathLike, tree: PyTree) -> None:
+    """Writes a pytree of arrays to ``path`` (``.npz``) atomically (tmp file + rename).
+
+    One entry per leaf, named by :func:`leaf_names` (so ``np.load(path)["fc0/kernel"]`` reads
+    a leaf without jaxsparse); typed PRNG keys are stored as their key data, with their
+    implementation in a ``__prng_keys__`` entry, and :func:`load_tree` wraps them again.
+
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> tree = {"w": jnp.arange(3.0), "key": jax.random.key(0)}
+    >>> save_tree(f"{tmp.name}/t.npz", tree)
+    >>> back = load_tree(f"{tmp.name}/t.npz", like=tree)
+    >>> back["w"], jax.random.key_data(back["key"]).tolist()
+    (array([0., 1., 2.], dtype=float32), [0, 0])
+    >>> sorted(np.load(f"{tmp.name}/t.npz").files)
+    ['__prng_keys__', 'key', 'w']
+    >>> tmp.cleanup()
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays, impls = flatten(tree)
+    if _NPZ_KEYS in arrays:
+        raise ValueError(f"{path}: a leaf is named {_NPZ_KEYS!r}, the name of the key record")
+    if impls:
+        arrays[_NPZ_KEYS] = np.asarray(json.dumps(impls))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_tree(path: str | os.PathLike, like: PyTree) -> PyTree:
+    """Reads a tree written by :func:`save_tree`; ``like`` (arrays or ``ShapeDtypeStruct``)
+    gives the structure, shapes and dtypes, and is checked leaf by leaf (a ``ValueError``
+    names a leaf of another shape, or another number of leaves). Leaves are matched by name,
+    or by position when the names differ (the older index-named format ``leaf_00000``, ...,
+    or a template of another container type with the same leaves)."""
+    with np.load(path) as data:
+        files = [k for k in data.files if k != _NPZ_KEYS]
+        impls = json.loads(str(data[_NPZ_KEYS])) if _NPZ_KEYS in data.files else {}
+        names = leaf_names(like)
+        if set(files) == set(names):
+            arrays: Any = {k: data[k] for k in files}
+        elif files and all(_OLD_NPZ.fullmatch(k) for k in files):
+            arrays = [data[k] for k in sorted(files)]
+        else:  # another container type with the same leaves (a tuple for a NamedTuple, ...)
+            arrays = [data[k] for k in files]  # in the order written
+            impls = dict(zip(names, (impls.get(k) for k in files), strict=False))
+    return unflatten(arrays, like, impls=impls, where=os.fspath(path))
+
+
+# --------------------------------------------------------------------------- nested orbax trees
+
+
+def save_pytree(path: str | os.PathLike, tree: PyTree) -> dict[str, str]:
+    """Writes a nested pytree with orbax (``PyTreeCheckpointer``) at ``path``, replacing it.
+
+    The leaves are :func:`flatten`'s numpy arrays (typed PRNG keys as key data) in the tree's
+    own nesting, so the directory reads back without a template (:func:`load_pytree`).
+
+    Returns:
+      ``{name: PRNG impl}`` of the key leaves: keep it (e.g. in a JSON beside the tree) and
+      give it to :func:`load_pytree` to get typed keys back.
+
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> impls = save_pytree(f"{tmp.name}/t", {"w": jnp.ones(2), "rng": jax.random.key(1)})
+    >>> back = load_pytree(f"{tmp.name}/t", impls=impls)
+    >>> back["w"], jax.random.key_data(back["rng"]).tolist()
+    (array([1., 1.], dtype=float32), [0, 1])
+    >>> tmp.cleanup()
+    """
+    import orbax.checkpoint as ocp
+
+    arrays, impls = flatten(tree)
+    data = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), list(arrays.values()))
+    with ocp.PyTreeCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(os.fspath(path)), data, force=True)
+    return impls
+
+
+def load_pytree(path: str | os.PathLike, *, impls: Mapping[str, str] | None = None) -> PyTree:
+    """Reads a tree written by :func:`save_pytree`: orbax's nested containers, numpy leaves,
+    the leaves named in ``impls`` rebuilt as typed PRNG keys.
+
+    Raises:
+      CheckpointError: the directory cannot be read (names it and what orbax said).
+    """
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.fspath(path))
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = ckptr.restore(path)
+    except Exception as e:  # noqa: BLE001 - whatever orbax raised, name the file
+        raise CheckpointError(f"cannot read {path}: it is corrupt, truncated or not written by "
+                              f"save_pytree ({type(e).__name__}: {_first_line(e)})") from None
+    if not impls:
+        return tree
+    names = leaf_names(tree)
+    leaves = jax.tree_util.tree_leaves(tree)
+    out = [jax.random.wrap_key_data(np.asarray(x), impl=impls[n]) if n in impls else x
+           for n, x in zip(names, leaves, strict=True)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), out)

@@ -505,7 +505,11 @@ def digits(*, seed: int = 0, val_size: int = 300, test_size: int = 300) -> Datas
 
     Default sizes: 1,197 train / 300 val / 300 test (each stratified by class with
     ``seed``; the same seed always gives the same split). Pixels ``0..16`` are scaled to
-    ``[0, 1]`` and normalised with mean 0.3053, std 0.3760.
+    ``[0, 1]`` and normalised with mean 0.3053, std 0.3760. ``val_size=0``: no validation
+    split (the training split keeps those examples).
+
+    >>> [len(s.y) for s in (digits().train, digits(val_size=0).train, digits(val_size=0).val)]
+    [1197, 1497, 0]
 
     References:
       Alpaydin & Kaynak 1998, UCI "Optical Recognition of Handwritten Digits".
@@ -518,8 +522,11 @@ def digits(*, seed: int = 0, val_size: int = 300, test_size: int = 300) -> Datas
     y = d.target.astype(np.int32)
     idx = np.arange(len(y))
     rest, test = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
-    train, val = train_test_split(rest, test_size=val_size, stratify=y[rest],
-                                  random_state=seed + 1)
+    if val_size == 0:
+        train, val = np.random.default_rng(seed + 1).permutation(rest), rest[:0]
+    else:
+        train, val = train_test_split(rest, test_size=val_size, stratify=y[rest],
+                                      random_state=seed + 1)
     mean, std = NORMALISATION["digits"]
     xs = normalise(x, mean, std, scale=16.0)
     return Dataset("digits", Split(xs[train], y[train]), Split(xs[val], y[val]),

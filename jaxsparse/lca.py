@@ -349,9 +349,9 @@ class Recorder:
     def _device_bytes(self) -> int:
         if self.memory_bytes is not None:
             return int(self.memory_bytes)
-        from jaxsparse import sweep
+        from jaxsparse.population import device_memory_bytes
 
-        return sweep.device_memory_bytes()
+        return device_memory_bytes()
 
     def _budget(self) -> int:
         return int(self.memory_fraction * self._device_bytes())
@@ -507,7 +507,7 @@ def recorder(
     is not allocated and shows up in the telescoping error; ``train_mode=True`` evaluates with
     batch statistics, a function of ``θ`` alone). The set is a constant of the compiled step:
     it must fit on the device (checked at ``init`` against ``memory_fraction`` of
-    ``jaxsparse.sweep.device_memory_bytes()``, or of ``memory_bytes``).
+    ``jaxsparse.population.device_memory_bytes()``, or of ``memory_bytes``).
 
     Args:
       apply_fn: as for ``jaxsparse.train.make_step``.
@@ -633,7 +633,7 @@ class LCAResult:
 def summarise(rec: Recorder, hook_state: LCAState) -> LCAResult:
     """Reads a single run's :class:`LCAState` back to NumPy, with the telescoping check.
 
-    For a population, take one member first (``jaxsparse.sweep.take_member``).
+    For a population, take one member first (``jaxsparse.population.take_member``).
 
     Raises:
       ValueError: a pruned entry moved; the masks changed without ``mask_history``; or the
@@ -642,7 +642,7 @@ def summarise(rec: Recorder, hook_state: LCAState) -> LCAResult:
     hs = jax.device_get(hook_state)
     if np.ndim(hs.count) != 0:
         raise ValueError(f"hook state has a leading population axis (count shape "
-                         f"{np.shape(hs.count)}); take one member with sweep.take_member")
+                         f"{np.shape(hs.count)}); take one member with population.take_member")
     steps = int(hs.count)
     if int(hs.pruned_moved):
         raise ValueError(f"{int(hs.pruned_moved)} pruned entries changed value during the run; "

@@ -52,25 +52,26 @@ import functools
 import json
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsparse import checkpoint, select
 from jaxsparse import masks as masks_lib
 from jaxsparse import rules as rules_lib
-from jaxsparse.typing import PyTree
+from jaxsparse import scores as scores_lib
+from jaxsparse.typing import Key, Masks, Params, PyTree, Scores
 
-MASK1_ACTIONS = (
-    "rewind",
-    "reinit",
-    "reshuffle",
-    "signed_reinit",
-    "signed_reshuffle",
-    "signed_constant",
-)
-MASK0_ACTIONS = ("zero", "frozen")
+Mask1Action = Literal[
+    "rewind", "reinit", "reshuffle", "signed_reinit", "signed_reshuffle", "signed_constant"]
+Mask0Action = Literal["zero", "frozen"]
+Scope = Literal["layerwise", "global"]
+Weights = Literal["rewind", "trained"]
+Rewind = Literal["init", "iteration", "lr", "finetune"]
+MASK1_ACTIONS: tuple[str, ...] = get_args(Mask1Action)
+MASK0_ACTIONS: tuple[str, ...] = get_args(Mask0Action)
 _NEEDS_KEY = ("reinit", "reshuffle", "signed_reinit", "signed_reshuffle")
 
 # ---------------------------------------------------------------------------------------
@@ -115,15 +116,15 @@ def _leaf_stds(std: float | rules_lib.Rules | None, params: PyTree) -> list[jax.
 
 
 def rewind(
-    params_rewind: PyTree,
-    masks: PyTree,
+    params_rewind: Params,
+    masks: Masks,
     *,
-    action: str = "rewind",
-    mask0: str = "zero",
-    key: jax.Array | None = None,
-    init_fn: Callable[[jax.Array], PyTree] | None = None,
+    action: Mask1Action = "rewind",
+    mask0: Mask0Action = "zero",
+    key: Key | None = None,
+    init_fn: Callable[[Key], Params] | None = None,
     std: float | rules_lib.Rules | None = None,
-) -> PyTree:
+) -> Params:
     """A ticket's starting weights: a mask-1 action on kept weights, a mask-0 action on pruned.
 
     Mask-1 actions (kept entries of prunable leaves):
@@ -220,30 +221,6 @@ def rewind(
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def random_masks_like(masks: PyTree, *, key: jax.Array) -> PyTree:
-    """Random masks with exactly the per-leaf kept counts of ``masks``.
-
-    The control "random pruning with the same layer-wise density" of Frankle & Carbin 2019:
-    each prunable leaf keeps the same number of entries, chosen uniformly at random over the
-    whole leaf. Works with traced masks (rank trick, no data-dependent shapes).
-
-    >>> m = {"w": jnp.array([True, True, False, False])}
-    >>> int(random_masks_like(m, key=jax.random.key(0))["w"].sum())
-    2
-    """
-    out = []
-    for i, m in enumerate(jax.tree_util.tree_leaves(masks)):
-        if not masks_lib.is_prunable(m):
-            out.append(m)
-            continue
-        flat = m.reshape(-1)
-        k = jnp.sum(flat, dtype=jnp.int32)
-        u = jax.random.uniform(jax.random.fold_in(key, i), flat.shape)
-        rank = jnp.argsort(jnp.argsort(u))  # a uniformly random permutation of 0..n-1
-        out.append((rank < k).reshape(m.shape))
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(masks), out)
-
-
 # ---------------------------------------------------------------------------------------
 # The pruning plan and the prune-and-rewind step.
 
@@ -271,22 +248,22 @@ class Plan:
       rate: global: fraction of the remaining prunable weights removed per level: the tree
         loses ``num_pruned(rate, kept)`` entries in total (the same rounding rule, exact at
         any size).
-      criterion: ``"magnitude"`` (|w_final|), ``"random"``, a name in
-        ``jaxsparse.scores.CRITERIA`` (Zhou et al.: ``"large_final"``,
-        ``"magnitude_increase"``, ...), or a callable ``(init, final) -> scores``.
+      criterion: a name of :func:`jaxsparse.scores.criterion` (``"magnitude"`` = |w_final|,
+        ``"random"``, Zhou et al.'s ``"large_final"``, ``"magnitude_increase"``, ...), or a
+        callable ``(init, final) -> scores``.
       weights: ``"rewind"`` (start from the rewind point, with the mask-1/mask-0 actions) or
         ``"trained"`` (keep the trained weights, masked: learning-rate rewinding and
         fine-tuning; the driver chooses the schedule).
       mask1, mask0: the actions of :func:`rewind` (only with ``weights="rewind"``).
     """
 
-    scope: str = "layerwise"
+    scope: Scope = "layerwise"
     rates: Any = None
     rate: float | None = None
-    criterion: str | Callable[[PyTree, PyTree], PyTree] = "magnitude"
-    weights: str = "rewind"
-    mask1: str = "rewind"
-    mask0: str = "zero"
+    criterion: str | Callable[[Params, Params], Scores] = "magnitude"
+    weights: Weights = "rewind"
+    mask1: Mask1Action = "rewind"
+    mask0: Mask0Action = "zero"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rates", _hashable_rules(self.rates))
@@ -310,52 +287,25 @@ class Plan:
             raise ValueError(f"unknown mask-1 action {self.mask1!r}; expected {MASK1_ACTIONS}")
         if self.mask0 not in MASK0_ACTIONS:
             raise ValueError(f"unknown mask-0 action {self.mask0!r}; expected {MASK0_ACTIONS}")
-        if isinstance(self.criterion, str) and self.criterion not in ("magnitude", "random"):
-            from jaxsparse import scores
-
-            if self.criterion not in scores.CRITERIA:
-                raise ValueError(f"unknown criterion {self.criterion!r}; expected 'magnitude', "
-                                 f"'random' or one of {sorted(scores.CRITERIA)}")
-
-
-def compute_scores(
-    criterion: str | Callable[[PyTree, PyTree], PyTree],
-    init_params: PyTree,
-    final_params: PyTree,
-    *,
-    key: jax.Array | None = None,
-) -> PyTree:
-    """Scores (higher = keep) of a criterion: a name or a callable ``(init, final)``."""
-    from jaxsparse import scores
-
-    if callable(criterion):
-        return criterion(init_params, final_params)
-    if criterion == "magnitude":
-        return scores.magnitude(final_params)
-    if criterion == "random":
-        if key is None:
-            raise ValueError("criterion 'random' needs key=")
-        return scores.random(final_params, key=key)
-    return scores.CRITERIA[criterion](init_params, final_params)
+        if isinstance(self.criterion, str):
+            scores_lib.criterion(self.criterion)  # a ValueError naming the known ones
 
 
 def next_masks(
-    final_params: PyTree,
-    masks: PyTree,
+    final_params: Params,
+    masks: Masks,
     *,
     plan: Plan,
-    init_params: PyTree | None = None,
-    key: jax.Array | None = None,
-) -> PyTree:
+    init_params: Params | None = None,
+    key: Key | None = None,
+) -> Masks:
     """The next level's masks: prune ``plan``'s rates of the remaining weights by its criterion.
 
     Pruned entries are never revived (``jaxsparse.prune`` keeps the top scores among the
     entries still kept); counts are exact under the rounding rule of ``jaxsparse.select``.
     """
-    from jaxsparse import select
-
     init_params = final_params if init_params is None else init_params
-    s = compute_scores(plan.criterion, init_params, final_params, key=key)
+    s = scores_lib.criterion(plan.criterion)(init_params, final_params, key=key)
     if plan.scope == "layerwise":
         return select.prune(s, masks, scope="layerwise", rates=list(plan.rates))
     # Global: one threshold removes num_pruned(rate, kept) entries of the whole tree (exact at
@@ -364,16 +314,16 @@ def next_masks(
 
 
 def _prune_and_rewind(
-    final_params: PyTree,
-    rewind_params: PyTree,
-    masks: PyTree,
+    final_params: Params,
+    masks: Masks,
+    rewind_params: Params,
     *,
     plan: Plan,
-    key: jax.Array | None = None,
-    init_params: PyTree | None = None,
-    init_fn: Callable[[jax.Array], PyTree] | None = None,
+    key: Key | None = None,
+    init_params: Params | None = None,
+    init_fn: Callable[[Key], Params] | None = None,
     std: float | rules_lib.Rules | None = None,
-) -> tuple[PyTree, PyTree]:
+) -> tuple[Masks, Params]:
     k_prune = k_rewind = None
     if key is not None:
         k_prune, k_rewind = jax.random.split(key)
@@ -389,12 +339,14 @@ def _prune_and_rewind(
 prune_and_rewind = jax.jit(_prune_and_rewind, static_argnames=("plan", "init_fn", "std"))
 prune_and_rewind.__doc__ = """One IMP level: ``(next masks, next starting weights)``. Jitted.
 
+The arguments read like :func:`rewind`'s: the params, their masks, then the rewind point.
+
 Args:
   final_params: the weights at the end of this level's training.
+  masks: this level's masks.
   rewind_params: the rewind point: the init (rewind to k = 0) or the snapshot taken at
     iteration k of the first (dense) training (Frankle et al. 2020). Ignored for the weights
     when ``plan.weights == "trained"`` (learning-rate rewinding / fine-tuning).
-  masks: this level's masks.
   plan: a :class:`Plan` (static: one compilation per plan).
   key: randomness for the random criterion and the random mask-1 actions.
   init_params: ``w_init`` for init-dependent criteria (defaults to ``rewind_params``).
@@ -408,7 +360,7 @@ Runs under ``jax.vmap`` over replicates (a leading axis on every array argument 
 ``key``) and compiles once per plan and shapes.
 
 >>> plan = Plan(rates=[("out", 0.1), (".*", 0.2)])
->>> masks, start = prune_and_rewind(final, init, masks, plan=plan)  # doctest: +SKIP
+>>> masks, start = prune_and_rewind(final, masks, init, plan=plan)  # doctest: +SKIP
 
 References:
   Frankle & Carbin 2019; Frankle et al. 2020; Renda et al. 2020.
@@ -433,9 +385,9 @@ class Branch:
     """
 
     name: str
-    masks: str | Callable[[PyTree, PyTree], PyTree] = "ticket"
-    mask1: str = "rewind"
-    mask0: str = "zero"
+    masks: str | Callable[[Params, Params], Scores] = "ticket"
+    mask1: Mask1Action = "rewind"
+    mask0: Mask0Action = "zero"
 
     def __post_init__(self) -> None:
         if self.mask1 not in MASK1_ACTIONS:
@@ -454,34 +406,34 @@ def random_pruning_control() -> Branch:
     return Branch("random_prune", masks="random")
 
 
-def criterion_branch(criterion: str, **actions: str) -> Branch:
+def criterion_branch(criterion: str, **actions: Any) -> Branch:
     """Masks from another criterion (Zhou et al. 2019), e.g. ``"magnitude_increase"``."""
     return Branch(f"crit_{criterion}", masks=criterion, **actions)
 
 
-def action_branch(mask1: str = "rewind", mask0: str = "zero") -> Branch:
+def action_branch(mask1: Mask1Action = "rewind", mask0: Mask0Action = "zero") -> Branch:
     """The ticket's masks with another mask-1 / mask-0 action (Zhou et al. 2019)."""
     return Branch(f"{mask1}_{mask0}", masks="ticket", mask1=mask1, mask0=mask0)
 
 
 def _branch_start(
-    ticket_masks: PyTree,
-    rewind_params: PyTree,
-    prev_final: PyTree,
-    prev_masks: PyTree,
+    prev_final: Params,
+    prev_masks: Masks,
+    rewind_params: Params,
+    ticket_masks: Masks,
     *,
     branch: Branch,
     plan: Plan,
-    key: jax.Array,
-    init_params: PyTree | None = None,
-    init_fn: Callable[[jax.Array], PyTree] | None = None,
+    key: Key,
+    init_params: Params | None = None,
+    init_fn: Callable[[Key], Params] | None = None,
     std: float | rules_lib.Rules | None = None,
-) -> tuple[PyTree, PyTree]:
+) -> tuple[Masks, Params]:
     k_mask, k_act = jax.random.split(key)
     if isinstance(branch.masks, str) and branch.masks == "ticket":
         m = ticket_masks
     elif isinstance(branch.masks, str) and branch.masks == "random":
-        m = random_masks_like(ticket_masks, key=k_mask)
+        m = select.random_masks_like(ticket_masks, key=k_mask)
     else:
         crit_plan = dataclasses.replace(plan, criterion=branch.masks)
         init_params = rewind_params if init_params is None else init_params
@@ -495,11 +447,14 @@ def _branch_start(
 branch_start = jax.jit(_branch_start, static_argnames=("branch", "plan", "init_fn", "std"))
 branch_start.__doc__ = """A branch's ``(masks, starting weights)`` at an IMP level. Jitted.
 
+The arguments are :func:`prune_and_rewind`'s (the previous level's trained weights and masks,
+the rewind point), then the level's ticket masks.
+
 Args:
-  ticket_masks: the level's IMP masks.
-  rewind_params: the rewind point (unmasked).
   prev_final, prev_masks: the previous level's trained weights and masks (used only by
     criterion branches, which re-prune them with ``plan`` and another criterion).
+  rewind_params: the rewind point (unmasked).
+  ticket_masks: the level's IMP masks.
   branch: a :class:`Branch` (static).
   plan: the IMP :class:`Plan` (static).
   key: randomness (random masks, random actions).
@@ -508,12 +463,15 @@ Args:
 Runs under ``jax.vmap`` over replicates like :func:`prune_and_rewind`. Example (with the
 ticket's masks ``tm``, the previous level's masks ``pm`` and weights ``init``/``final``)::
 
-    m, p = branch_start(tm, init, final, pm, branch=reinit_control(), plan=plan, key=key)
+    m, p = branch_start(final, pm, init, tm, branch=reinit_control(), plan=plan, key=key)
 """
 
 
 # ---------------------------------------------------------------------------------------
 # Export.
+
+
+_STATE = "model_state/"  # the model state's subtree in a ticket
 
 
 class Ticket(NamedTuple):
@@ -527,14 +485,10 @@ class Ticket(NamedTuple):
       metadata: the ``metadata`` dict given to :func:`export_ticket`.
     """
 
-    params: PyTree
-    masks: PyTree
+    params: Params
+    masks: Masks
     model_state: PyTree
     metadata: dict[str, Any]
-
-
-def _to_numpy(tree: PyTree) -> PyTree:
-    return jax.tree.map(np.asarray, tree)
 
 
 def _ticket_parts(params: PyTree, masks: PyTree, model_state: PyTree | None):
@@ -558,20 +512,6 @@ def _ticket_parts(params: PyTree, masks: PyTree, model_state: PyTree | None):
             flax_utils.to_pure(model_state) if model_state is not None else {})
 
 
-def _keys_to_data(tree: PyTree) -> tuple[PyTree, dict[str, str]]:
-    """Typed PRNG keys (NNX RNG state) as raw uint32 data, and ``{path: impl}`` to undo it."""
-    impls = {}
-
-    def one(path: str, x: Any) -> Any:
-        dtype = getattr(x, "dtype", None)
-        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-            impls[path] = str(jax.random.key_impl(x))
-            return np.asarray(jax.random.key_data(x))
-        return np.asarray(x)
-
-    return rules_lib.map_with_path(one, tree), impls
-
-
 def export_ticket(
     directory: str | os.PathLike,
     params: PyTree,
@@ -582,10 +522,11 @@ def export_ticket(
 ) -> str:
     """Saves a ticket (masks + weights + every other collection) with orbax, and its report.
 
-    Writes ``directory/ticket`` (an orbax PyTree checkpoint of ``{"params", "masks",
-    "model_state"}``, the params as given), ``directory/density.json`` (per-leaf
-    path/shape/kept/total/density, the total, ``metadata`` and the ``contents`` saved) and
-    ``directory/density.txt`` (the printable table).
+    Writes ``directory/ticket`` (:func:`jaxsparse.checkpoint.save_pytree` of ``{"params",
+    "masks", "model_state"}``, the params as given), ``directory/density.json`` (per-leaf
+    path/shape/kept/total/density, the total, ``metadata`` and the ``contents`` saved, with
+    the PRNG implementation of every key leaf of the model state) and ``directory/density.txt``
+    (the printable table).
 
     A network is more than its weights: BatchNorm statistics (Linen ``batch_stats``, NNX
     ``nnx.BatchStat``) and NNX RNG state belong to the ticket, or a model loaded from it
@@ -618,26 +559,30 @@ def export_ticket(
     ['density.json', 'density.txt', 'ticket']
     >>> tmp.cleanup()
     """
-    import orbax.checkpoint as ocp
-
     params, masks, model_state = _ticket_parts(params, masks, model_state)
     masks_lib.validate(params, masks, where="export_ticket")
-    state_data, key_impls = _keys_to_data(model_state)
+    for what, tree in (("params", params), ("masks", masks)):
+        keys = [p for p, x in rules_lib.leaves_with_paths(tree) if checkpoint.is_key(x)]
+        if keys:
+            raise ValueError(f"export_ticket: {what} leaf {keys[0]!r} holds PRNG keys; keys "
+                             "belong to the model state (model_state=)")
     directory = os.path.abspath(os.fspath(directory))
     os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "ticket")
+    impls = checkpoint.save_pytree(
+        path, {"params": params, "masks": masks, "model_state": model_state})
     rep = masks_lib.report(masks)
+    # The key implementations are recorded by path inside the model state (the format of
+    # every ticket written so far).
     contents = {"params": rules_lib.leaf_paths(params),
-                "model_state": rules_lib.leaf_paths(model_state), "prng_keys": key_impls}
+                "model_state": rules_lib.leaf_paths(model_state),
+                "prng_keys": {n.removeprefix(_STATE): v for n, v in impls.items()}}
     with open(os.path.join(directory, "density.json"), "w") as f:
         json.dump({"leaves": [dict(r, shape=list(r["shape"])) for r in rep.as_dicts()],
                    "kept": rep.kept, "total": rep.total, "density": rep.density,
                    "metadata": metadata or {}, "contents": contents}, f, indent=1)
     with open(os.path.join(directory, "density.txt"), "w") as f:
         f.write(str(rep) + "\n")
-    path = os.path.join(directory, "ticket")
-    tree = {"params": _to_numpy(params), "masks": _to_numpy(masks), "model_state": state_data}
-    with ocp.PyTreeCheckpointer() as ckptr:
-        ckptr.save(path, tree, force=True)
     return directory
 
 
@@ -665,21 +610,11 @@ def read_ticket(
       FileNotFoundError: no ticket in ``directory``. ValueError: an unreadable or corrupt
       ticket (names the file), or a leaf missing or of another shape (names the leaf).
     """
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(os.fspath(directory))
     path = os.path.join(directory, "ticket")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no ticket at {directory} (expected {path}, written by "
                                 "export_ticket)")
-    try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            tree = ckptr.restore(path)
-        params, masks = tree["params"], tree["masks"]
-    except Exception as e:  # noqa: BLE001 - whatever orbax raised, name the file
-        raise ValueError(f"cannot read the ticket {path}: it is corrupt, truncated or not "
-                         f"written by export_ticket ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
     info = {}
     report_path = os.path.join(directory, "density.json")
     if os.path.exists(report_path):
@@ -688,13 +623,14 @@ def read_ticket(
                 info = json.load(f)
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read {report_path}: {e}") from None
-    contents = info.get("contents", {})
+    impls = info.get("contents", {}).get("prng_keys", {})
+    try:
+        tree = checkpoint.load_pytree(path, impls={_STATE + n: v for n, v in impls.items()})
+        params, masks = tree["params"], tree["masks"]
+    except (checkpoint.CheckpointError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot read the ticket {path}: it is corrupt, truncated or not "
+                         f"written by export_ticket ({type(e).__name__}: {e})") from None
     model_state = tree.get("model_state") or {}
-    impls = contents.get("prng_keys", {})
-    if impls:
-        model_state = rules_lib.map_with_path(
-            lambda p, x: jax.random.wrap_key_data(jnp.asarray(x), impl=impls[p])
-            if p in impls else x, model_state)
     if like is None:
         params, masks = jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, masks)
     else:
@@ -846,8 +782,8 @@ def _restructure(tree: PyTree, like: PyTree, what: str, masks: bool = False,
 
 __all__ = [
     "MASK0_ACTIONS", "MASK1_ACTIONS", "Branch", "Plan", "action_branch", "branch_start",
-    "REWINDS", "Ticket", "compute_scores", "criterion_branch", "export_ticket", "imp",
-    "load_ticket", "next_masks", "prune_and_rewind", "random_masks_like",
+    "REWINDS", "Ticket", "criterion_branch", "export_ticket", "imp",
+    "load_ticket", "next_masks", "prune_and_rewind",
     "random_pruning_control", "read_ticket", "reinit_control", "rewind", "summarise",
 ]
 
@@ -855,7 +791,7 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 # The IMP loop: levels x replicates x branches over the one trainer.
 
-REWINDS = ("init", "iteration", "lr", "finetune")
+REWINDS: tuple[str, ...] = get_args(Rewind)
 
 
 def summarise(history: dict[str, list]) -> dict[str, list]:
@@ -887,7 +823,7 @@ def imp(
     eval_every: int,
     key: jax.Array,
     replicates: int = 1,
-    rewind_to: str = "init",
+    rewind_to: Rewind = "init",
     rewind_step: int = 0,
     branches: Sequence[Branch] = (),
     branch_levels: Sequence[int] | None = None,
@@ -964,7 +900,8 @@ def imp(
       Frankle & Carbin 2019; Frankle et al. 2020 (rewinding to iteration k); Renda et al.
       2020 (learning-rate rewinding, fine-tuning); Zhou et al. 2019 (controls).
     """
-    from jaxsparse import sweep, train
+    from jaxsparse import train
+    from jaxsparse.population import take_member
 
     if rewind_to not in REWINDS:
         raise ValueError(f"rewind_to must be one of {REWINDS}, got {rewind_to!r}")
@@ -983,7 +920,7 @@ def imp(
     data_keys = jax.random.split(jax.random.fold_in(key, 1), R)
     prune_root = jax.random.fold_in(key, 2)
     params0, model_state0 = jax.vmap(init_fn)(init_keys)
-    one = masks_lib.ones_like(sweep.take_member(params0, 0), rules)
+    one = masks_lib.ones_like(take_member(params0, 0), rules)
     masks0 = masks_lib.stack([one] * R)
 
     def init_params_fn(k_):
@@ -1045,7 +982,7 @@ def imp(
             with open(result_path) as f:
                 result = json.load(f)
         else:
-            reps = [masks_lib.report(sweep.take_member(masks, r)) for r in range(R)]
+            reps = [masks_lib.report(take_member(masks, r)) for r in range(R)]
             result = {
                 "level": level, "branch": name,
                 "density": [rep.density for rep in reps],
@@ -1069,7 +1006,7 @@ def imp(
     prev = None  # (trained params, masks, model state) of the previous level
     for level in range(int(levels) + 1):
         if level > 0:
-            masks, params = compiled_step()(prev[0], rewind_point, prev[1],
+            masks, params = compiled_step()(prev[0], prev[1], rewind_point,
                                             key=level_keys(level, 0), init_params=params0)
             # Rewinding restarts the batch-norm statistics too; keeping the trained weights
             # (lr rewinding, fine-tuning) keeps the trained statistics.
@@ -1083,7 +1020,7 @@ def imp(
         if level > 0 and (not branch_levels or level in branch_levels):
             for b_i, branch in enumerate(branches):
                 b_masks, b_params = compiled_step(branch)(
-                    masks, rewind_point, prev[0], prev[1], key=level_keys(level, 1 + b_i),
+                    prev[0], prev[1], rewind_point, masks, key=level_keys(level, 1 + b_i),
                     init_params=params0)
                 _, b_res = run_one(level, branch.name, b_params, model_state0, b_masks,
                                    frozen=branch.mask0 == "frozen")

@@ -1,4 +1,4 @@
-"""Mask pytrees: build, apply, count, report, validate, and set operations.
+"""Mask pytrees: build, apply, count, report, validate, set operations, and analyses.
 
 A *masks* pytree has exactly the tree structure of the params it masks, with ``bool``
 leaves. A prunable leaf carries a full-shape bool array (``True`` = kept); a leaf that is not
@@ -11,6 +11,9 @@ they jit, vmap, shard and checkpoint like params.
 ((3, 4), ())
 >>> float(density(masks))
 1.0
+
+:func:`report` is the per-leaf density table; :func:`compact_report` counts the units a mask
+disconnects (no kept incoming or outgoing weight), e.g. of a supermask or a ticket.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 
 from jaxsparse import flax_utils
 from jaxsparse import rules as rules_lib
-from jaxsparse.typing import PyTree
+from jaxsparse.typing import Masks, PyTree
 
 
 def is_prunable(mask_leaf: Any) -> bool:
@@ -66,9 +69,15 @@ def ones_like(params: PyTree, rules: rules_lib.Rules | None = None) -> PyTree:
     return rules_lib.map_with_path(one, params)
 
 
-def _check_structure(
+def check_structure(
     params: PyTree, masks: PyTree, names: tuple[str, str] = ("params", "masks"), where: str = ""
 ) -> None:
+    """A ``ValueError`` naming the leaves only one of two trees has, if their structures differ.
+
+    >>> check_structure({"w": 0, "b": 0}, {"w": 0})
+    Traceback (most recent call last):
+    ValueError: masks and params have different tree structures: leaves only in params: ['b'];
+    """
     p_def = jax.tree_util.tree_structure(params)
     m_def = jax.tree_util.tree_structure(masks)
     if p_def != m_def:
@@ -168,7 +177,7 @@ either the param's shape or a scalar True; masks are never broadcast)
         for path, m in rules_lib.leaves_with_paths(masks):
             _check_mask_leaf(path, m, where)
         return
-    _check_structure(params, masks, names, where)
+    check_structure(params, masks, names, where)
     what = names[0][:-1] if names[0].endswith("s") else names[0]
     for (path, p), (_, m) in zip(
         rules_lib.leaves_with_paths(params), rules_lib.leaves_with_paths(masks), strict=True
@@ -357,7 +366,7 @@ def report(masks: PyTree) -> MaskReport:
 def _binary(op, a: PyTree, b: PyTree, where: str) -> PyTree:
     validate(None, a, where=where)
     validate(None, b, where=where)
-    _check_structure(a, b, ("a", "b"), where)
+    check_structure(a, b, ("a", "b"), where)
 
     def one(path: str, x: Any, y: Any) -> Any:
         if np.shape(x) and np.shape(y) and np.shape(x) != np.shape(y):
@@ -409,3 +418,50 @@ def prunable_paths(masks: PyTree) -> list[str]:
 def stack(trees: Sequence[PyTree]) -> PyTree:
     """Stacks same-structured trees along a new leading (population) axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+# ---------------------------------------------------------------------------------------
+# Mask analyses: units left with no incoming or no outgoing weight.
+
+
+def compact_report(masks: Masks, *, order: list[str] | None = None) -> dict[str, Any]:
+    """Counts the units a mask disconnects, per layer and between consecutive layers.
+
+    For a prunable kernel of shape ``(..., in, out)`` (Dense ``(in, out)``, conv
+    ``(h, w, in, out)``): an *output* unit with no kept incoming weight is ``dead_out``; an
+    *input* unit with no kept outgoing weight is ``dead_in``. Consecutive prunable layers (in
+    ``order``, default tree order) whose widths match are linked: a hidden unit between them
+    is ``removable`` if it is dead on either side (it receives nothing but its bias, or feeds
+    nothing). The compacted network drops the removable units.
+
+    Returns:
+      ``{"layers": [{path, shape, n_in, dead_in, n_out, dead_out}, ...],
+      "links": [{from, to, units, removable}, ...], "removable": int, "hidden_units": int}``.
+
+    >>> compact_report({"a": jnp.array([[True, False], [False, False]])})["layers"][0]["dead_out"]
+    1
+    """
+    rows = {}
+    for path, m in rules_lib.leaves_with_paths(masks):
+        if not is_prunable(m):
+            continue
+        m = np.asarray(m, bool)
+        m2 = m.reshape(-1, m.shape[-2], m.shape[-1]) if m.ndim >= 2 else m.reshape(1, -1, 1)
+        has_out = m2.any(axis=(0, 2))  # per input unit: some kept outgoing weight
+        has_in = m2.any(axis=(0, 1))   # per output unit: some kept incoming weight
+        rows[path] = dict(path=path, shape=tuple(m.shape), n_in=int(has_out.size),
+                          dead_in=int((~has_out).sum()), n_out=int(has_in.size),
+                          dead_out=int((~has_in).sum()), _has_out=has_out, _has_in=has_in)
+    order = list(rows) if order is None else order
+    links = []
+    for a, b in zip(order[:-1], order[1:], strict=True):
+        ra, rb = rows[a], rows[b]
+        if ra["n_out"] != rb["n_in"]:
+            continue
+        alive = ra["_has_in"] & rb["_has_out"]
+        links.append({"from": a, "to": b, "units": ra["n_out"],
+                      "removable": int((~alive).sum())})
+    layers = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows.values()]
+    return {"layers": layers, "links": links,
+            "removable": sum(x["removable"] for x in links),
+            "hidden_units": sum(x["units"] for x in links)}

@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -187,7 +187,7 @@ def fit_hypothesis(
     params: PyTree,
     fraction: float,
     *,
-    mode: str = "channels",
+    mode: Literal["channels", "random"] = "channels",
     axes: Sequence[int] | rules_lib.Rules = (-1,),
     rules: rules_lib.Rules | None = None,
     mask_key: jax.Array | None = None,
@@ -242,7 +242,7 @@ def fit_hypothesis(
 def knowledge_evolution(
     fraction: float = 0.8,
     *,
-    mode: str = "channels",
+    mode: Literal["channels", "random"] = "channels",
     axes: Sequence[int] | rules_lib.Rules = (-1,),
     rules: rules_lib.Rules | None = None,
     mask_key: jax.Array | None = None,
@@ -279,7 +279,7 @@ def shrink_perturb(
     shrink: float,
     noise: float,
     *,
-    kind: str = "normal",
+    kind: Literal["normal", "init"] = "normal",
     rules: rules_lib.Rules | None = None,
 ) -> Forget:
     """Shrink and perturb: ``θ ← shrink · θ + noise · ε`` on the selected leaves.
@@ -374,7 +374,7 @@ def imp(plan: Any) -> MaskedForget:
 
     def update(params, masks, *, key, init_fn=None, rewind):
         needs_init = plan.mask1 in ("reinit", "signed_reinit")
-        new_masks, start = lottery.prune_and_rewind(params, rewind, masks, plan=plan, key=key,
+        new_masks, start = lottery.prune_and_rewind(params, masks, rewind, plan=plan, key=key,
                                                     init_fn=init_fn if needs_init else None)
         return start, new_masks
 

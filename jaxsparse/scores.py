@@ -10,8 +10,9 @@ Feed them to :func:`jaxsparse.prune`. Every function is pure and jit/vmap-able.
   ``magnitude_increase``, ``movement``, each with a ``<name>_same_sign`` variant, collected in
   :data:`CRITERIA` (plus ``"random"``, which takes ``key=`` as a keyword).
 * ``snip(loss_fn, params, batch)``: connection sensitivity ``|g * w|`` on one batch.
-* ``synflow(apply_fn, params, input_shape)``: data-free synaptic flow (single shot);
-  :func:`synflow_masks` runs the iterative version with :func:`jaxsparse.prune`.
+* ``synflow(apply_fn, params, input_shape)``: data-free synaptic flow (single shot); the
+  iterative version (score, prune, repeat) is :func:`jaxsparse.pruners.synflow_masks`.
+* :func:`criterion` turns a criterion's name into its function (the one place that does).
 
 >>> init = {"w": jnp.array([1.0, -2.0, 0.5])}
 >>> final = {"w": jnp.array([2.0, 1.0, -0.1])}
@@ -33,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.typing import PyTree
+from jaxsparse.typing import Key, Params, PyTree, Scores
 
 
 def _float(x: jax.Array) -> jax.Array:
@@ -45,7 +46,7 @@ def _map(fn: Callable[..., jax.Array], *trees: PyTree) -> PyTree:
     return jax.tree.map(lambda *xs: fn(*map(_float, xs)), *trees)
 
 
-def magnitude(params: PyTree) -> PyTree:
+def magnitude(params: Params) -> Scores:
     """``|w|`` for every leaf.
 
     >>> magnitude({"w": jnp.array([-3.0, 1.0])})["w"]
@@ -54,7 +55,7 @@ def magnitude(params: PyTree) -> PyTree:
     return _map(jnp.abs, params)
 
 
-def random(params: PyTree, *, key: jax.Array) -> PyTree:
+def random(params: Params, *, key: Key) -> Scores:
     """Uniform ``[0, 1)`` float32 scores, independent per leaf (``key`` folded with the index).
 
     >>> s = random({"w": jnp.zeros((2, 3))}, key=jax.random.key(0))
@@ -73,27 +74,27 @@ def random(params: PyTree, *, key: jax.Array) -> PyTree:
 # Zhou et al. 2019 criteria: f(init, final) -> scores.
 
 
-def large_final(init: PyTree, final: PyTree) -> PyTree:
+def large_final(init: Params, final: Params) -> Scores:
     """``|w_f|``: keep weights that ended large (the lottery-ticket criterion)."""
     return _map(lambda i, f: jnp.abs(f), init, final)
 
 
-def small_final(init: PyTree, final: PyTree) -> PyTree:
+def small_final(init: Params, final: Params) -> Scores:
     """``-|w_f|``: keep weights that ended small."""
     return _map(lambda i, f: -jnp.abs(f), init, final)
 
 
-def large_init(init: PyTree, final: PyTree) -> PyTree:
+def large_init(init: Params, final: Params) -> Scores:
     """``|w_i|``: keep weights that started large."""
     return _map(lambda i, f: jnp.abs(i), init, final)
 
 
-def small_init(init: PyTree, final: PyTree) -> PyTree:
+def small_init(init: Params, final: Params) -> Scores:
     """``-|w_i|``: keep weights that started small."""
     return _map(lambda i, f: -jnp.abs(i), init, final)
 
 
-def large_init_large_final(init: PyTree, final: PyTree) -> PyTree:
+def large_init_large_final(init: Params, final: Params) -> Scores:
     """``min(|w_i|, |w_f|)``: keep weights large at both ends.
 
     A threshold ``t`` on this score keeps exactly ``|w_i| > t and |w_f| > t``: the square
@@ -102,24 +103,24 @@ def large_init_large_final(init: PyTree, final: PyTree) -> PyTree:
     return _map(lambda i, f: jnp.minimum(jnp.abs(i), jnp.abs(f)), init, final)
 
 
-def small_init_small_final(init: PyTree, final: PyTree) -> PyTree:
+def small_init_small_final(init: Params, final: Params) -> Scores:
     """``-max(|w_i|, |w_f|)``: keep weights small at both ends (square lower-left region)."""
     return _map(lambda i, f: -jnp.maximum(jnp.abs(i), jnp.abs(f)), init, final)
 
 
-def magnitude_increase(init: PyTree, final: PyTree) -> PyTree:
+def magnitude_increase(init: Params, final: Params) -> Scores:
     """``|w_f| - |w_i|``: keep weights whose magnitude grew most."""
     return _map(lambda i, f: jnp.abs(f) - jnp.abs(i), init, final)
 
 
-def movement(init: PyTree, final: PyTree) -> PyTree:
+def movement(init: Params, final: Params) -> Scores:
     """``|w_f - w_i|``: keep weights that moved most."""
     return _map(lambda i, f: jnp.abs(f - i), init, final)
 
 
 def same_sign(
-    criterion: Callable[[PyTree, PyTree], PyTree],
-) -> Callable[[PyTree, PyTree], PyTree]:
+    criterion: Callable[[Params, Params], Scores],
+) -> Callable[[Params, Params], Scores]:
     """The ``_same_sign`` variant of a criterion: sign-flipped weights rank below all others.
 
     A weight "kept its sign" when ``jnp.sign(w_i) == jnp.sign(w_f)`` (zero is its own sign).
@@ -134,7 +135,7 @@ def same_sign(
     Array([ 3. , -0.5,  0.5], dtype=float32)
     """
 
-    def variant(init: PyTree, final: PyTree) -> PyTree:
+    def variant(init: Params, final: Params) -> Scores:
         base = criterion(init, final)
         same = jax.tree.map(lambda i, f: jnp.sign(_float(i)) == jnp.sign(_float(f)), init, final)
         b_leaves, treedef = jax.tree_util.tree_flatten(base)
@@ -170,7 +171,7 @@ magnitude_increase_same_sign = same_sign(magnitude_increase)
 movement_same_sign = same_sign(movement)
 
 
-def random_criterion(init: PyTree, final: PyTree, *, key: jax.Array) -> PyTree:
+def random_criterion(init: Params, final: Params, *, key: Key) -> Scores:
     """The ``"random"`` criterion: :func:`random` scores (``init`` and ``final`` unused)."""
     del init
     return random(final, key=key)
@@ -190,6 +191,48 @@ CRITERIA: dict[str, Callable[..., PyTree]] = {f.__name__: f for f in _BASE}
 CRITERIA.update({f"{f.__name__}_same_sign": globals()[f"{f.__name__}_same_sign"] for f in _BASE})
 CRITERIA["random"] = random_criterion
 """Name -> ``fn(init, final)``; ``CRITERIA["random"]`` also needs ``key=`` (keyword)."""
+
+
+def criterion(
+    name: str | Callable[[Params, Params], Scores],
+) -> Callable[..., Scores]:
+    """The mask criterion called ``name``, as ``fn(init, final, *, key=None) -> scores``.
+
+    The one place a criterion's name becomes a function: ``"magnitude"`` (``|w_final|``, the
+    same scores as ``"large_final"``), ``"random"`` (needs ``key``) and every name of
+    :data:`CRITERIA`. A callable ``f(init, final)`` is returned wrapped to the same signature
+    (``key`` is not passed to it).
+
+    Raises:
+      ValueError: an unknown name (lists the known ones); ``key`` missing for ``"random"``.
+
+    >>> f = criterion("magnitude_increase")
+    >>> f({"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([2.0, 1.0])})["w"]
+    Array([ 1., -1.], dtype=float32)
+    """
+    if callable(name):
+        fn = name
+
+        def custom(init: Params, final: Params, *, key: Key | None = None) -> Scores:
+            del key
+            return fn(init, final)
+
+        return custom
+    if name == "magnitude":
+        return lambda init, final, *, key=None: magnitude(final)
+    if name == "random":
+
+        def rand(init: Params, final: Params, *, key: Key | None = None) -> Scores:
+            if key is None:
+                raise ValueError("criterion 'random' needs key=")
+            return random_criterion(init, final, key=key)
+
+        return rand
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion {name!r}; expected 'magnitude' or one of "
+                         f"{sorted(CRITERIA)}")
+    fn_named = CRITERIA[name]
+    return lambda init, final, *, key=None: fn_named(init, final)
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,7 +304,7 @@ def synflow(
     ``R`` is not finite (chosen inside ``jit`` with ``lax.cond``).
 
     ``apply_fn(params, x)`` must be deterministic (BatchNorm in inference mode, no dropout). For
-    the iterative algorithm of the paper use :func:`synflow_masks`.
+    the iterative algorithm of the paper use :func:`jaxsparse.pruners.synflow_masks`.
 
     >>> apply = lambda p, x: x @ p["w1"] @ p["w2"]
     >>> p = {"w1": jnp.array([[1.0, -2.0]]), "w2": jnp.array([[3.0], [1.0]])}
@@ -298,39 +341,3 @@ def synflow(
     if rescale is False:
         return plain
     return jax.lax.cond(jnp.isfinite(lr), lambda _: plain, lambda _: rescaled(lin), None)
-
-
-def synflow_masks(
-    apply_fn: Callable[[PyTree, jax.Array], Any],
-    params: PyTree,
-    input_shape: Sequence[int],
-    masks: PyTree,
-    *,
-    sparsity: float | jax.Array,
-    iterations: int = 100,
-    rescale: bool | None = None,
-) -> PyTree:
-    """Iterative SynFlow: ``iterations`` rounds of score-then-prune, global scope.
-
-    Round ``j = 1..iterations`` prunes to sparsity ``1 - (1 - sparsity) ** (j / iterations)``
-    (the paper's exponential schedule), rescoring with the current masks each time; the last
-    round reaches ``sparsity`` exactly (rounding rule of :func:`jaxsparse.prune`).
-
-    >>> apply = lambda p, x: x @ p["w"]
-    >>> m = synflow_masks(apply, {"w": jnp.ones((4, 4))}, (1, 4),
-    ...                   {"w": jnp.ones((4, 4), bool)}, sparsity=0.5, iterations=2)
-    >>> int(m["w"].sum())
-    8
-    """
-    from jaxsparse.select import prune
-
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-
-    def body(j, m):
-        s = 1.0 - (1.0 - jnp.asarray(sparsity, jnp.float32)) ** ((j + 1) / iterations)
-        s = jnp.where(j == iterations - 1, jnp.asarray(sparsity, jnp.float32), s)
-        sc = synflow(apply_fn, params, input_shape, masks=m, rescale=rescale)
-        return prune(sc, m, sparsity=s)
-
-    return jax.lax.fori_loop(0, iterations, body, masks)

@@ -6,9 +6,10 @@ Three ways to find a subnetwork of an *untrained* network that performs:
   samples ``m ~ Bernoulli(sigmoid(s))`` (in training *and* evaluation); the backward pass is
   straight-through: ``dL/ds = dL/dm * sigmoid(s) * (1 - sigmoid(s))``. See :func:`bernoulli_ste`.
 * **Edge-popup** (Ramanujan et al. 2020): a score per weight; the forward pass keeps the
-  top-k of ``|score|`` in each layer, where **k is the fraction KEPT** (density); the backward
-  pass is straight-through *to* ``|score|`` and the chain rule through the absolute value gives
-  ``dL/ds = dL/dm * sign(s)``. See :func:`topk_ste`.
+  top-k of ``|score|`` in each layer, where the paper's **k is the fraction KEPT**, i.e.
+  ``sparsity = 1 - k`` here (every jaxsparse signature speaks sparsity, the fraction pruned);
+  the backward pass is straight-through *to* ``|score|`` and the chain rule through the
+  absolute value gives ``dL/ds = dL/dm * sign(s)``. See :func:`topk_ste`.
 * **Supermask at initialisation** (Zhou et al. 2019): a lottery-ticket mask (e.g. the
   ``large_final_same_sign`` criterion) applied to the untrained initial weights. See
   :func:`at_init`.
@@ -17,13 +18,14 @@ Three ways to find a subnetwork of an *untrained* network that performs:
 into a supermask model with the same calling convention whose trainable params are the scores
 (so any optax optimizer and the :mod:`jaxsparse.train` loop train them) and whose frozen weights
 travel, never modified, in the model state. :func:`export` gives back an ordinary
-dense-with-zeros params tree plus bool masks; :func:`compact_report` counts dead units.
+dense-with-zeros params tree plus bool masks; :func:`jaxsparse.masks.compact_report` counts
+the units a mask disconnects.
 
 Estimator masks are float 0/1 arrays (the weights are multiplied by them, because a select
 ``jnp.where`` would have no gradient w.r.t. the mask); frozen weights are finite, so the product
 equals the select exactly. Exported masks are ``bool``, as everywhere else in jaxsparse.
 
->>> m = topk_ste(jnp.array([0.3, -2.0, 0.1, 1.0]), 0.5)   # keep 50% of |score|
+>>> m = topk_ste(jnp.array([0.3, -2.0, 0.1, 1.0]), 0.5)   # prune 50% of |score|
 >>> m
 Array([0., 1., 0., 1.], dtype=float32)
 
@@ -37,7 +39,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
@@ -47,13 +49,16 @@ from jaxsparse import masks as masks_lib
 from jaxsparse import rules as rules_lib
 from jaxsparse import scores as scores_lib
 from jaxsparse import select
-from jaxsparse.typing import PyTree
+from jaxsparse.typing import Key, Masks, Params, PyTree, Scores
 
 ApplyFn = Callable[..., tuple[jax.Array, PyTree]]
 
-ESTIMATORS = ("bernoulli", "topk")
-WEIGHT_INITS = ("init", "signed_constant", "signed_kaiming_constant", "kaiming_normal")
-SCORE_INITS = ("kaiming_uniform", "uniform", "constant")
+Estimator = Literal["bernoulli", "topk"]
+WeightInit = Literal["init", "signed_constant", "signed_kaiming_constant", "kaiming_normal"]
+ScoreInit = Literal["kaiming_uniform", "uniform", "constant"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+WEIGHT_INITS: tuple[str, ...] = get_args(WeightInit)
+SCORE_INITS: tuple[str, ...] = get_args(ScoreInit)
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,85 +111,31 @@ def bernoulli_ste(scores: jax.Array, *, key: jax.Array) -> jax.Array:
     return _bernoulli_st(scores, u)
 
 
-def num_kept(density: float | jax.Array, n: int) -> jax.Array | int:
-    """Entries kept out of ``n`` at fraction-kept ``density``: ``n - num_pruned(1 - density, n)``.
-
-    The count follows :func:`jaxsparse.select.num_pruned`'s rounding rule (the one every
-    jaxsparse function uses) on the pruned fraction ``1 - density``: the nearest integer to
-    ``density * n``, exact halves keeping FEWER (pruning more), e.g. ``num_kept(0.5, 3) == 1``.
-    A Python float gives a Python int and a traced density an int32 array with the same value
-    (one density per population member under ``vmap``).
-
-    >>> num_kept(0.5, 3), num_kept(0.3, 10), num_kept(0.7, 5)
-    (1, 3, 3)
-    """
-    if isinstance(density, int | float):
-        if not 0.0 <= density <= 1.0:
-            raise ValueError(f"density (fraction kept) must be in [0, 1], got {density}")
-        # Evaluated eagerly even while tracing: the count must stay a static Python int.
-        with jax.ensure_compile_time_eval():
-            return int(n) - select.num_pruned(1.0 - density, n)
-    d = jnp.clip(jnp.asarray(density, jnp.float32), 0.0, 1.0)
-    pruned = select.num_pruned(1.0 - d, jnp.asarray(n, jnp.int32))
-    return (n - pruned).astype(jnp.int32)
-
-
-def _keep_top(values: jax.Array, density: float | jax.Array) -> jax.Array:
-    # jaxsparse.prune's exact, sort-free selection (bisection on the value bits; on CPU ~35x
-    # faster than an argsort at 235k entries) with its rounding and tie rules. The count it
-    # keeps is n - num_pruned(1 - density, n) == num_kept(density, n).
-    ones = jnp.ones(values.shape, bool)
-    if isinstance(density, int | float):
-        if density == 0.0:
-            return ~ones  # sparsity 1 is outside prune's range
-        return select.prune({"v": values}, {"v": ones}, sparsity=1.0 - density,
-                            scope="layerwise")["v"]
-    d = jnp.asarray(density, jnp.float32)
-    sparsity = jnp.where(d > 0, 1.0 - d, 0.0)  # density 0: select nothing (below)
-    m = select.prune({"v": values}, {"v": ones}, sparsity=sparsity, scope="layerwise")["v"]
-    return m & (d > 0)
-
-
-def topk_mask(values: jax.Array, density: float | jax.Array) -> jax.Array:
-    """Bool mask keeping exactly ``num_kept(density, size)`` largest entries of ``values``.
-
-    Selection is by value (not absolute value; :func:`topk_ste` takes ``|score|`` itself), with
-    :func:`jaxsparse.prune`'s rules: ties are broken toward the lower flat (row-major) index,
-    so the count is always exact; ``-0.0 == 0.0``. ``density`` is the fraction KEPT and may be
-    traced.
-
-    >>> topk_mask(jnp.array([1.0, 3.0, 3.0, 2.0]), 0.5)
-    Array([False,  True,  True, False], dtype=bool)
-    """
-    values = jnp.asarray(values)
-    if isinstance(density, int | float):
-        num_kept(density, 1)  # range check
-    return _keep_top(values, density)
-
-
 @jax.custom_vjp
-def _topk_st(values: jax.Array, density: jax.Array) -> jax.Array:
-    return _keep_top(values, density).astype(values.dtype)
+def _topk_st(values: jax.Array, sparsity: jax.Array) -> jax.Array:
+    # jaxsparse.prune's exact, sort-free selection (bisection on the value bits; on CPU ~35x
+    # faster than an argsort at 235k entries) with its rounding and tie rules.
+    return select.topk_mask(values, sparsity).astype(values.dtype)
 
 
-def _topk_fwd(values, density):
-    return _topk_st(values, density), density
+def _topk_fwd(values, sparsity):
+    return _topk_st(values, sparsity), sparsity
 
 
-def _topk_bwd(density, g):
+def _topk_bwd(sparsity, g):
     # Straight-through: the mask's gradient goes to the values it was selected from unchanged.
-    return g, jnp.zeros_like(density)
+    return g, jnp.zeros_like(sparsity)
 
 
 _topk_st.defvjp(_topk_fwd, _topk_bwd)
 
 
-def topk_ste(scores: jax.Array, density: float | jax.Array) -> jax.Array:
-    """Edge-popup mask: keep the top-k of ``|scores|``, k = ``density`` = fraction KEPT.
+def topk_ste(scores: jax.Array, sparsity: float | jax.Array) -> jax.Array:
+    """Edge-popup mask: keep the top-k of ``|scores|``, pruning the fraction ``sparsity``.
 
-    Forward: a float 0/1 array keeping exactly ``num_kept(density, scores.size)`` entries with
-    the largest ``|score|`` (nearest integer, exact halves keep fewer; ties toward the lower
-    flat index, as in :func:`jaxsparse.prune`).
+    Forward: a float 0/1 array keeping exactly ``jaxsparse.select.num_kept(sparsity,
+    scores.size)`` entries with the largest ``|score|`` (nearest integer, exact halves keep
+    fewer; ties toward the lower flat index, as in :func:`jaxsparse.prune`).
     Backward: straight-through to ``|score|``; the chain rule through the absolute value then
     gives ``dL/ds = dL/dm * sign(s)`` (``+1`` at ``s == 0``, JAX's convention for ``|x|``, so a
     zero score is not stuck). Handing the gradient to the raw score
@@ -192,13 +143,13 @@ def topk_ste(scores: jax.Array, density: float | jax.Array) -> jax.Array:
 
     Args:
       scores: one layer's scores.
-      density: fraction of entries KEPT, in ``[0, 1]`` (the paper's ``--prune-rate``). May be a
-        traced scalar.
+      sparsity: fraction of entries PRUNED, in ``[0, 1]``: ``1 - k`` for the paper's k (its
+        ``--prune-rate``, the fraction kept). May be a traced scalar.
 
     Returns:
       A float 0/1 array of ``scores``' shape and dtype.
 
-    >>> topk_ste(jnp.array([[0.3, -2.0], [0.1, 1.0]]), 0.25)
+    >>> topk_ste(jnp.array([[0.3, -2.0], [0.1, 1.0]]), 0.75)
     Array([[0., 1.],
            [0., 0.]], dtype=float32)
 
@@ -208,9 +159,9 @@ def topk_ste(scores: jax.Array, density: float | jax.Array) -> jax.Array:
     scores = jnp.asarray(scores)
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         raise TypeError(f"topk_ste: scores must be floating, got dtype {scores.dtype}")
-    if isinstance(density, int | float):
-        num_kept(density, 1)  # range check
-    return _topk_st(jnp.abs(scores), jnp.asarray(density, jnp.float32))
+    if isinstance(sparsity, int | float):
+        select.num_kept(sparsity, 1)  # range check
+    return _topk_st(jnp.abs(scores), jnp.asarray(sparsity, jnp.float32))
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,7 +173,7 @@ def _is_score(leaf: Any) -> bool:
     return np.ndim(leaf) > 0
 
 
-def bernoulli_masks(scores: PyTree, *, key: jax.Array) -> PyTree:
+def bernoulli_masks(scores: Scores, *, key: Key) -> PyTree:
     """:func:`bernoulli_ste` on every prunable leaf (independent keys); scalars give ``1.0``."""
     leaves, treedef = jax.tree_util.tree_flatten(scores)
     keys = jax.random.split(key, max(len(leaves), 1))
@@ -231,13 +182,13 @@ def bernoulli_masks(scores: PyTree, *, key: jax.Array) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def topk_masks(scores: PyTree, density: float | jax.Array) -> PyTree:
+def topk_masks(scores: Scores, sparsity: float | jax.Array) -> PyTree:
     """:func:`topk_ste` per layer on every prunable leaf; scalars give ``1.0``."""
     return jax.tree.map(
-        lambda s: topk_ste(s, density) if _is_score(s) else jnp.ones((), jnp.float32), scores)
+        lambda s: topk_ste(s, sparsity) if _is_score(s) else jnp.ones((), jnp.float32), scores)
 
 
-def expected_masks(scores: PyTree) -> PyTree:
+def expected_masks(scores: Scores) -> Masks:
     """Deterministic Bernoulli masks ``sigmoid(s) > 0.5`` (i.e. ``s > 0``), bool mask tree."""
     return jax.tree.map(lambda s: s > 0 if _is_score(s) else jnp.ones((), bool), scores)
 
@@ -257,9 +208,9 @@ def _signed(w: jax.Array, c: jax.Array | float) -> jax.Array:
 
 
 def frozen_weights(
-    params: PyTree, *, init: str = "init", rules: rules_lib.Rules | None = None,
-    key: jax.Array | None = None,
-) -> PyTree:
+    params: Params, *, init: WeightInit = "init", rules: rules_lib.Rules | None = None,
+    key: Key | None = None,
+) -> Params:
     """The frozen weights of a supermask model, from a network's initial params.
 
     Args:
@@ -296,9 +247,9 @@ def frozen_weights(
 
 
 def init_scores(
-    params: PyTree, *, key: jax.Array, init: str = "kaiming_uniform", scale: float = 1.0,
+    params: Params, *, key: Key, init: ScoreInit = "kaiming_uniform", scale: float = 1.0,
     rules: rules_lib.Rules | None = None,
-) -> PyTree:
+) -> Scores:
     """A score tree for ``params``: prunable leaves float32 scores, others scalar ``0.0``.
 
     Args:
@@ -368,10 +319,10 @@ def _placeholder() -> jax.Array:
 def supermask(
     apply_fn: ApplyFn,
     *,
-    estimator: str = "bernoulli",
-    density: float | jax.Array | None = None,
-    weights: str = "init",
-    score_init: str = "uniform",
+    estimator: Estimator = "bernoulli",
+    sparsity: float | jax.Array | None = None,
+    weights: WeightInit = "init",
+    score_init: ScoreInit = "uniform",
     score_scale: float = 1.0,
     rescale: bool = False,
     train_other: bool = False,
@@ -385,7 +336,8 @@ def supermask(
         e.g. ``jaxsparse.models.functional(model).apply_fn``.
       estimator: ``"bernoulli"`` (learned supermask, :func:`bernoulli_ste`) or ``"topk"``
         (edge-popup, :func:`topk_ste` per layer).
-      density: for ``"topk"``: the fraction of each layer's weights KEPT (the paper's k).
+      sparsity: for ``"topk"``: the fraction of each layer's weights PRUNED (``1 - k`` for
+        the paper's k, the fraction kept).
       weights: frozen-weight init, see :func:`frozen_weights`.
       score_init, score_scale: score init, see :func:`init_scores`.
       rescale: multiply each layer's kept weights by ``total / kept`` (Zhou et al.'s dynamic
@@ -402,17 +354,17 @@ def supermask(
     Example (``apply_fn``, ``params``, ``model_state`` from ``jaxsparse.models.functional``;
     ``tests/test_supermask.py`` runs it)::
 
-        sm = supermask(apply_fn, estimator="topk", density=0.5)
+        sm = supermask(apply_fn, estimator="topk", sparsity=0.5)
         sm_params, sm_state = sm.init(params, model_state, key=jax.random.key(0))
         logits, sm_state = sm.apply(sm_params, sm_state, x, train=True, key=key)
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if estimator == "topk":
-        if density is None:
-            raise ValueError("estimator='topk' needs density= (the fraction of weights KEPT)")
-        if isinstance(density, int | float):
-            num_kept(density, 1)  # range check
+        if sparsity is None:
+            raise ValueError("estimator='topk' needs sparsity= (the fraction of weights pruned)")
+        if isinstance(sparsity, int | float):
+            select.num_kept(sparsity, 1)  # range check
     if weights not in WEIGHT_INITS:
         raise ValueError(f"weights must be one of {WEIGHT_INITS}, got {weights!r}")
     if score_init not in SCORE_INITS:
@@ -430,7 +382,7 @@ def supermask(
 
     def float_masks(scores: PyTree, key: jax.Array | None, det: bool) -> PyTree:
         if estimator == "topk":
-            return topk_masks(scores, density)
+            return topk_masks(scores, sparsity)
         if det:
             return jax.tree.map(lambda m: m.astype(jnp.float32), expected_masks(scores))
         if key is None:
@@ -477,8 +429,8 @@ def supermask(
 
 
 def learned_supermask(
-    apply_fn: ApplyFn, *, weights: str = "init", rescale: bool = False,
-    score_init: str = "uniform", score_scale: float = 1.0, **kwargs: Any,
+    apply_fn: ApplyFn, *, weights: WeightInit = "init", rescale: bool = False,
+    score_init: ScoreInit = "uniform", score_scale: float = 1.0, **kwargs: Any,
 ) -> Supermask:
     """Zhou et al.'s learned (Bernoulli) supermask: :func:`supermask` with ``"bernoulli"``.
 
@@ -493,13 +445,14 @@ def learned_supermask(
 
 
 def edge_popup(
-    apply_fn: ApplyFn, density: float | jax.Array, *,
-    weights: str = "signed_kaiming_constant", score_init: str = "kaiming_uniform",
+    apply_fn: ApplyFn, sparsity: float | jax.Array, *,
+    weights: WeightInit = "signed_kaiming_constant", score_init: ScoreInit = "kaiming_uniform",
     score_scale: float = 1.0, **kwargs: Any,
 ) -> Supermask:
     """Ramanujan et al.'s edge-popup: :func:`supermask` with per-layer top-k of ``|score|``.
 
-    ``density`` = k = the fraction of each layer's weights KEPT (their ``--prune-rate``).
+    ``sparsity`` = the fraction of each layer's weights PRUNED, ``1 - k`` for the paper's k
+    (their ``--prune-rate``, the fraction kept: k = 0.3 is ``sparsity=0.7``).
     Frozen weights default to the signed Kaiming constant ``+-sqrt(2 / fan_in)`` (use
     ``weights="kaiming_normal"`` for Kaiming normal), scores to Kaiming uniform; biases and
     norm parameters stay frozen at init unless ``train_other=True``. Recipe: SGD lr 0.1 cosine,
@@ -508,7 +461,7 @@ def edge_popup(
     References:
       Ramanujan et al. 2020, "What's Hidden in a Randomly Weighted Neural Network?".
     """
-    return supermask(apply_fn, estimator="topk", density=density, weights=weights,
+    return supermask(apply_fn, estimator="topk", sparsity=sparsity, weights=weights,
                      score_init=score_init, score_scale=score_scale, **kwargs)
 
 
@@ -517,30 +470,31 @@ def edge_popup(
 
 
 def at_init(
-    init_params: PyTree,
-    final_params: PyTree | None = None,
+    init_params: Params,
+    final_params: Params | None = None,
     *,
-    density: float | jax.Array | None = None,
-    criterion: str | Callable[[PyTree, PyTree], PyTree] = "large_final_same_sign",
-    masks: PyTree | None = None,
+    sparsity: float | jax.Array | None = None,
+    criterion: str | Callable[[Params, Params], Scores] = "large_final_same_sign",
+    masks: Masks | None = None,
     signed_constant: bool = False,
-    scope: str = "layerwise",
+    scope: Literal["layerwise", "global"] = "layerwise",
     rules: rules_lib.Rules | None = None,
-    key: jax.Array | None = None,
-) -> tuple[PyTree, PyTree]:
+    key: Key | None = None,
+) -> tuple[Params, Masks]:
     """A supermask applied to the *untrained* initial weights: ``(masked init params, masks)``.
 
-    The mask keeps, in one shot, the ``density`` fraction (KEPT) of prunable weights with the
-    highest ``criterion(init_params, final_params)`` score (``jaxsparse.scores``, e.g.
-    ``large_final``, ``large_final_same_sign``, ``magnitude_increase``; ``"random"`` needs
-    ``key``), or is given directly as ``masks`` (e.g. an iterative lottery-ticket mask).
-    ``scope="layerwise"`` keeps ``density`` of every layer (Zhou et al. prune per layer).
+    The mask prunes, in one shot, the ``sparsity`` fraction of prunable weights with the
+    lowest ``criterion(init_params, final_params)`` score (:func:`jaxsparse.scores.criterion`,
+    e.g. ``large_final``, ``large_final_same_sign``, ``magnitude_increase``; ``"random"``
+    needs ``key``), or is given directly as ``masks`` (e.g. an iterative lottery-ticket mask).
+    ``scope="layerwise"`` prunes ``sparsity`` of every layer (Zhou et al. prune per layer).
 
     Args:
       init_params: the untrained initial weights (what the mask is applied to).
       final_params: the trained weights of the same network (for the criterion).
-      density: fraction of prunable weights KEPT (ignored when ``masks`` is given).
-      criterion: a name in ``jaxsparse.scores.CRITERIA`` or a callable ``f(init, final)``.
+      sparsity: fraction of prunable weights PRUNED (ignored when ``masks`` is given).
+      criterion: a name of :func:`jaxsparse.scores.criterion` or a callable
+        ``f(init, final)``.
       masks: a ready-made bool mask tree (skips the criterion).
       signed_constant: replace the kept init weights by ``sign(w_init) * std(layer init)``
         (the sign-preserving variant).
@@ -550,7 +504,7 @@ def at_init(
 
     Example (``w0`` the initial weights, ``w_final`` the trained ones)::
 
-        params, masks = at_init(w0, w_final, density=0.2)
+        params, masks = at_init(w0, w_final, sparsity=0.8)
 
     References:
       Zhou et al. 2019, "Deconstructing Lottery Tickets", Section 5 ("Supermasks").
@@ -558,69 +512,13 @@ def at_init(
     if masks is None:
         if final_params is None and criterion != "random":
             raise ValueError(f"criterion {criterion!r} needs final_params (the trained weights)")
-        if density is None:
-            raise ValueError("at_init needs density= (fraction kept) or masks=")
-        if criterion == "random":
-            if key is None:
-                raise ValueError("criterion 'random' needs key=")
-            sc = scores_lib.random(init_params, key=key)
-        elif callable(criterion):
-            sc = criterion(init_params, final_params)
-        else:
-            if criterion not in scores_lib.CRITERIA:
-                raise ValueError(f"unknown criterion {criterion!r}; known: "
-                                 f"{sorted(scores_lib.CRITERIA)}")
-            sc = scores_lib.CRITERIA[criterion](init_params, final_params)
-        masks = select.prune(sc, masks_lib.ones_like(init_params, rules),
-                             sparsity=1.0 - density, scope=scope)
+        if sparsity is None:
+            raise ValueError("at_init needs sparsity= (fraction pruned) or masks=")
+        final = init_params if final_params is None else final_params  # "random": shapes only
+        sc = scores_lib.criterion(criterion)(init_params, final, key=key)
+        masks = select.prune(sc, masks_lib.ones_like(init_params, rules), sparsity=sparsity,
+                             scope=scope)
     masks_lib.validate(init_params, masks)
     w = frozen_weights(init_params, init="signed_constant", rules=rules) if signed_constant \
         else init_params
     return masks_lib.apply_masks(w, masks), masks
-
-
-# ---------------------------------------------------------------------------------------
-# Compacted report: units left with no incoming or no outgoing weight.
-
-
-def compact_report(masks: PyTree, *, order: list[str] | None = None) -> dict[str, Any]:
-    """Counts the units a mask disconnects, per layer and between consecutive layers.
-
-    For a prunable kernel of shape ``(..., in, out)`` (Dense ``(in, out)``, conv
-    ``(h, w, in, out)``): an *output* unit with no kept incoming weight is ``dead_out``; an
-    *input* unit with no kept outgoing weight is ``dead_in``. Consecutive prunable layers (in
-    ``order``, default tree order) whose widths match are linked: a hidden unit between them
-    is ``removable`` if it is dead on either side (it receives nothing but its bias, or feeds
-    nothing). The compacted network drops the removable units.
-
-    Returns:
-      ``{"layers": [{path, shape, n_in, dead_in, n_out, dead_out}, ...],
-      "links": [{from, to, units, removable}, ...], "removable": int, "hidden_units": int}``.
-
-    >>> compact_report({"a": jnp.array([[True, False], [False, False]])})["layers"][0]["dead_out"]
-    1
-    """
-    rows = {}
-    for path, m in rules_lib.leaves_with_paths(masks):
-        if not masks_lib.is_prunable(m):
-            continue
-        m = np.asarray(m, bool)
-        m2 = m.reshape(-1, m.shape[-2], m.shape[-1]) if m.ndim >= 2 else m.reshape(1, -1, 1)
-        has_out = m2.any(axis=(0, 2))  # per input unit: some kept outgoing weight
-        has_in = m2.any(axis=(0, 1))   # per output unit: some kept incoming weight
-        rows[path] = dict(path=path, shape=tuple(m.shape), n_in=int(has_out.size),
-                          dead_in=int((~has_out).sum()), n_out=int(has_in.size),
-                          dead_out=int((~has_in).sum()), _has_out=has_out, _has_in=has_in)
-    order = list(rows) if order is None else order
-    links = []
-    for a, b in zip(order[:-1], order[1:], strict=True):
-        ra, rb = rows[a], rows[b]
-        if ra["n_out"] != rb["n_in"]:
-            continue
-        alive = ra["_has_in"] & rb["_has_out"]
-        links.append({"from": a, "to": b, "units": ra["n_out"],
-                      "removable": int((~alive).sum())})
-    layers = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows.values()]
-    return {"layers": layers, "links": links,
-            "removable": sum(x["removable"] for x in links),
-            "hidden_units": sum(x["units"] for x in links)}

@@ -1,4 +1,4 @@
-"""Helpers for tests of jitted code (usable in users' test suites too)."""
+"""Helpers for tests of jitted code and pytrees (usable in users' test suites too)."""
 
 from __future__ import annotations
 
@@ -71,3 +71,29 @@ def compilations() -> Iterator[list[str]]:
     finally:
         jax.config.update("jax_log_compiles", before)
         logger.removeHandler(handler)
+
+
+MIXED_PRUNABLE = ("conv/kernel", "dense/kernel", "embed/embedding", "head/kernel")
+
+
+def mixed_tree(key: Any) -> dict[str, Any]:
+    """A realistic params tree: conv kernel + bias, norm scale / bias, dense, embedding, head.
+
+    The default path rules prune the four leaves of :data:`MIXED_PRUNABLE` (shapes
+    ``(3, 3, 2, 8)``, ``(72, 20)``, ``(30, 6)``, ``(20, 5)``) and keep biases and the norm.
+
+    >>> t = mixed_tree(jax.random.key(0))
+    >>> sorted(t), t["conv"]["kernel"].shape
+    (['bn', 'conv', 'dense', 'embed', 'head'], (3, 3, 2, 8))
+    """
+    import jax
+    import jax.numpy as jnp
+
+    ks = jax.random.split(key, 4)
+    return {
+        "conv": {"kernel": jax.random.normal(ks[0], (3, 3, 2, 8)), "bias": jnp.zeros(8)},
+        "bn": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
+        "dense": {"kernel": jax.random.normal(ks[1], (72, 20)), "bias": jnp.zeros(20)},
+        "embed": {"embedding": jax.random.normal(ks[2], (30, 6))},
+        "head": {"kernel": jax.random.normal(ks[3], (20, 5)), "bias": jnp.zeros(5)},
+    }

@@ -39,7 +39,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -569,7 +569,7 @@ class Trainer:
     forget-and-relearn, controls) compile each chunk length once. A *population* is a
     :class:`TrainState` stacked along a leading member axis (``jax.vmap`` over
     :func:`init_state`); it runs as ONE program through
-    :func:`jaxsparse.sweep.population_map` (sharded over the devices; every member sees the
+    :func:`jaxsparse.population.population_map` (sharded over the devices; every member sees the
     same data arrays in its own order, and all share the step clock).
 
     Args:
@@ -577,7 +577,7 @@ class Trainer:
       batch_size: training batch size.
       eval_batch_size: batch size of the evaluation scan.
       unroll: passed to :func:`make_train_chunk`.
-      mesh, backend: the population layout (:func:`jaxsparse.sweep.population_map`).
+      mesh, backend: the population layout (:func:`jaxsparse.population.population_map`).
     """
 
     def __init__(
@@ -593,7 +593,7 @@ class Trainer:
         eval_batch_size: int = 1000,
         unroll: int | bool = 1,
         mesh: Any = None,
-        backend: str = "sharding",
+        backend: Literal["sharding", "pmap"] = "sharding",
     ):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -620,9 +620,9 @@ class Trainer:
                                    hooks=self.hooks, augment=self.augment, pruner=self.pruner,
                                    unroll=self.unroll)
             if population:
-                from jaxsparse import sweep
+                from jaxsparse.population import population_map
 
-                self._chunks[key] = sweep.population_map(
+                self._chunks[key] = population_map(
                     raw, in_axes=(0, None, None, None), mesh=self.mesh, backend=self.backend)
             else:
                 self._chunks[key] = jax.jit(raw)
@@ -633,9 +633,9 @@ class Trainer:
         if population not in self._evals:
             raw = make_eval(self.apply_fn, batch_size=self.eval_batch_size, loss_fn=self.loss_fn)
             if population:
-                from jaxsparse import sweep
+                from jaxsparse.population import population_map
 
-                self._evals[population] = sweep.population_map(
+                self._evals[population] = population_map(
                     raw, in_axes=(0, 0, 0, None, None), mesh=self.mesh, backend=self.backend)
             else:
                 self._evals[population] = jax.jit(raw)

@@ -145,3 +145,120 @@ def test_fit_resumes_from_the_previous_checkpoint_when_the_latest_is_corrupt(tmp
         resumed = train.fit(fn.apply_fn, tx, state, ds, checkpoint_dir=ck, keep=2, **kw)
     _assert_same(resumed.state, full.state)
     np.testing.assert_equal(resumed.history, full.history)
+
+
+# ---------------------------------------------------------------------------------------
+# The one key-aware flatten, and the stores built on it (npz trees, nested orbax trees).
+
+
+def test_flatten_unflatten_round_trip_with_prng_keys():
+    st = _state()
+    arrays, impls = checkpoint.flatten(st)
+    assert list(arrays) == checkpoint.leaf_names(st)
+    assert all(isinstance(v, np.ndarray) for v in arrays.values())
+    assert impls == {"key": "threefry2x32"} and arrays["key"].dtype == np.uint32
+    _assert_same(checkpoint.unflatten(arrays, st, impls=impls), st)
+    _assert_same(checkpoint.unflatten(list(arrays.values()), st), st)  # by position
+    # an abstract template: the key comes back with the recorded impl
+    like = jax.eval_shape(lambda: st)
+    _assert_same(checkpoint.unflatten(arrays, like, impls=impls), st)
+    with pytest.raises(ValueError, match="no leaf 'params/dense/kernel'"):
+        checkpoint.unflatten({k: v for k, v in arrays.items() if k != "params/dense/kernel"},
+                             st)
+    bad = dict(arrays, **{"params/dense/bias": np.ones(4)})
+    with pytest.raises(ValueError, match=r"'params/dense/bias' saved with shape \(4,\)"):
+        checkpoint.unflatten(bad, st)
+
+
+def test_leaf_names_fall_back_to_keystr_where_paths_collide():
+    tree = {"a/b": np.zeros(1), "a": {"b": np.ones(1)}, "w": np.ones(2)}  # both "a/b"
+    assert checkpoint.leaf_names(tree) == ["['a']['b']", "['a/b']", "w"]
+
+
+def test_save_tree_is_path_keyed_and_reads_the_older_index_format(tmp_path):
+    st = _state()
+    checkpoint.save_tree(tmp_path / "a.npz", st)
+    with np.load(tmp_path / "a.npz") as f:  # readable without jaxsparse
+        np.testing.assert_array_equal(f["params/dense/kernel"], st.params["dense"]["kernel"])
+        assert "masks/dense/kernel" in f.files
+    _assert_same(checkpoint.load_tree(tmp_path / "a.npz", jax.eval_shape(lambda: st)), st)
+    # the format written before leaves were named: leaf_00000, ... in flattening order
+    old = {f"leaf_{i:05d}": np.asarray(jax.random.key_data(x) if checkpoint.is_key(x) else x)
+           for i, x in enumerate(jax.tree.leaves(st))}
+    np.savez(tmp_path / "old.npz", **old)
+    _assert_same(checkpoint.load_tree(tmp_path / "old.npz", st), st)
+    with pytest.raises(ValueError, match="leaves saved"):
+        checkpoint.load_tree(tmp_path / "old.npz", {"w": np.zeros(2)})
+    # a template of another container type with the same leaves: matched by position
+    checkpoint.save_tree(tmp_path / "tuple.npz", tuple(st))
+    _assert_same(checkpoint.load_tree(tmp_path / "tuple.npz", st), st)
+
+
+def test_checkpoint_with_older_metadata_still_restores(tmp_path):
+    # Steps written before the one flatten recorded keystr paths and no key implementations.
+    import json
+
+    st = _state()
+    checkpoint.save(str(tmp_path), 5, st, metadata={"a": 1})
+    meta_file = tmp_path / "5" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta.pop("prng_keys")
+    meta["paths"] = [jax.tree_util.keystr(kp)
+                     for kp, _ in jax.tree_util.tree_flatten_with_path(st)[0]]
+    meta_file.write_text(json.dumps(meta))
+    restored, m = checkpoint.restore(str(tmp_path), target=st)
+    _assert_same(restored, st)
+    assert m == {"a": 1}
+
+
+def test_save_pytree_round_trip_and_unreadable_directory(tmp_path):
+    tree = {"w": jnp.arange(3.0), "rngs": {"default": jax.random.key(4)}, "n": jnp.int32(2)}
+    impls = checkpoint.save_pytree(tmp_path / "t", tree)
+    assert impls == {"rngs/default": "threefry2x32"}
+    back = checkpoint.load_pytree(tmp_path / "t", impls=impls)
+    _assert_same(jax.tree.map(jnp.asarray, back), tree)
+    raw = checkpoint.load_pytree(tmp_path / "t")  # without impls: the key data
+    assert raw["rngs"]["default"].dtype == np.uint32
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="junk"):
+        checkpoint.load_pytree(tmp_path / "junk")
+
+
+def test_a_ticket_in_the_format_written_before_checkpoint_owned_the_io_still_loads(tmp_path):
+    # What lottery.export_ticket wrote before: an orbax PyTree of numpy trees (PRNG keys as
+    # key data) and density.json whose contents.prng_keys are paths inside the model state.
+    import json
+
+    import orbax.checkpoint as ocp
+
+    from jaxsparse import lottery
+
+    params = {"fc": {"kernel": np.arange(6.0, dtype=np.float32).reshape(2, 3),
+                     "bias": np.zeros(3, np.float32)}}
+    masks = {"fc": {"kernel": np.array([[True, False, True], [False, True, True]]),
+                    "bias": np.array(True)}}
+    key = jax.random.key(9)
+    state = {"rngs": {"key": np.asarray(jax.random.key_data(key))},
+             "bn": {"mean": np.ones(3, np.float32)}}
+    d = tmp_path / "old"
+    d.mkdir()
+    with ocp.PyTreeCheckpointer() as ck:
+        ck.save(str(d / "ticket"), {"params": params, "masks": masks, "model_state": state})
+    (d / "density.json").write_text(json.dumps({
+        "metadata": {"level": 3},
+        "contents": {"params": ["fc/bias", "fc/kernel"], "model_state": ["bn/mean", "rngs/key"],
+                     "prng_keys": {"rngs/key": "threefry2x32"}}}))
+    t = lottery.read_ticket(d)
+    np.testing.assert_array_equal(t.params["fc"]["kernel"], params["fc"]["kernel"])
+    np.testing.assert_array_equal(t.masks["fc"]["kernel"], masks["fc"]["kernel"])
+    assert t.metadata == {"level": 3}
+    assert checkpoint.is_key(t.model_state["rngs"]["key"])
+    np.testing.assert_array_equal(jax.random.key_data(t.model_state["rngs"]["key"]),
+                                  jax.random.key_data(key))
+    # and the current writer produces the same layout: one reader for both
+    lottery.export_ticket(tmp_path / "new", params, masks, model_state={
+        "rngs": {"key": key}, "bn": {"mean": jnp.ones(3)}}, metadata={"level": 3})
+    new = json.loads((tmp_path / "new" / "density.json").read_text())
+    assert new["contents"]["prng_keys"] == {"rngs/key": "threefry2x32"}
+    t2 = lottery.read_ticket(tmp_path / "new")
+    _assert_same(t2.model_state, t.model_state)

@@ -12,24 +12,12 @@ import pytest
 
 import jaxsparse as js
 from jaxsparse import select
-from jaxsparse.testing import assert_compiles_once
-
-
-def mixed_tree(key):
-    ks = jax.random.split(key, 5)
-    return {
-        "conv": {"kernel": jax.random.normal(ks[0], (3, 3, 2, 8)), "bias": jnp.zeros(8)},
-        "bn": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
-        "dense": {"kernel": jax.random.normal(ks[1], (72, 20)), "bias": jnp.zeros(20)},
-        "embed": {"embedding": jax.random.normal(ks[2], (30, 6))},
-        "head": {"kernel": jax.random.normal(ks[3], (20, 5)), "bias": jnp.zeros(5)},
-    }
-
+from jaxsparse.testing import MIXED_PRUNABLE, assert_compiles_once, mixed_tree
 
 INIT = mixed_tree(jax.random.key(0))
 FINAL = jax.tree.map(lambda a, b: a + 0.5 * b, INIT, mixed_tree(jax.random.key(1)))
 MASKS = js.ones_like(INIT)
-PRUNABLE = ["conv/kernel", "dense/kernel", "embed/embedding", "head/kernel"]
+PRUNABLE = list(MIXED_PRUNABLE)
 
 CRITERIA = {
     name: (lambda f=f, name=name: f(INIT, FINAL, key=jax.random.key(2)) if name == "random"

@@ -211,7 +211,7 @@ def test_mismatched_states_are_refused():
 def test_cpu_groups_carry_the_state_in_place_and_equal_one_vmap(group):
     # One device running 4 members in groups (what a CPU gets): the fori_loop that writes
     # each group's new state back into the carried population equals one plain vmap.
-    from jaxsparse import sweep
+    from jaxsparse import population
 
     tx = optax.adam(3e-3)
     pruner = swap_pruner(at_step(2))
@@ -221,10 +221,10 @@ def test_cpu_groups_carry_the_state_in_place_and_equal_one_vmap(group):
                                               pruner=pruner))(keys)
     x, y = jnp.asarray(DATA.train.x), jnp.asarray(DATA.train.y)
     args = (pop, x, y, jnp.int32(0))
-    ref = sweep.population_map(chunk, in_axes=(0, None, None, None), backend="vmap",
-                               inner="vmap")(*args)
-    grouped = sweep.population_map(chunk, in_axes=(0, None, None, None), backend="vmap",
-                                   inner="map", inner_chunk=group)
+    ref = population.population_map(chunk, in_axes=(0, None, None, None), backend="vmap",
+                                    inner="vmap")(*args)
+    grouped = population.population_map(chunk, in_axes=(0, None, None, None), backend="vmap",
+                                        inner="map", inner_chunk=group)
     out = grouped(*args)
     keyless = lambda o: (o[0]._replace(key=jax.random.key_data(o[0].key)), o[1])  # noqa: E731
     for a, b in zip(jax.tree.leaves(keyless(ref)), jax.tree.leaves(keyless(out)), strict=True):

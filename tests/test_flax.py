@@ -273,7 +273,7 @@ def test_supermask_subnetwork_exports_with_its_batch_statistics(tmp_path):
     from jaxsparse import supermask
 
     fn = _bn_functional()
-    sm = supermask.supermask(fn.apply_fn, estimator="topk", density=0.5)
+    sm = supermask.supermask(fn.apply_fn, estimator="topk", sparsity=0.5)
     sm_params, sm_state = sm.init(fn.params, fn.model_state, key=jax.random.key(0))
     _, sm_state = sm.apply(sm_params, sm_state, X, train=True, key=jax.random.key(1))
     params, masks = sm.export(sm_params, sm_state)

@@ -320,7 +320,7 @@ def test_bad_inputs(problem):
 def test_population_and_checkpoint_resume(problem, tmp_path):
     """Under the trainer's population (vmap) each member records its own run; a run killed
     after a checkpoint resumes to the same allocation as an uninterrupted one."""
-    from jaxsparse import sweep
+    from jaxsparse import population
 
     x, y, t0, t1 = problem
     rec = lca.recorder(apply_fn, (x, y), num_steps=4, keep=("per_layer", "per_iteration"))
@@ -333,9 +333,9 @@ def test_population_and_checkpoint_resume(problem, tmp_path):
     state = trainer.init_state(t1, key=keys[1])
     one = lca.summarise(rec, trainer.fit(state, {"train": (x, y)}, num_steps=4,
                                          eval_every=2).state.hook_state[0])
-    member = lca.summarise(rec, sweep.take_member(pop.state.hook_state[0], 1))
+    member = lca.summarise(rec, population.take_member(pop.state.hook_state[0], 1))
     np.testing.assert_allclose(member.per_layer, one.per_layer, rtol=1e-5, atol=1e-7)
-    other = lca.summarise(rec, sweep.take_member(pop.state.hook_state[0], 0))
+    other = lca.summarise(rec, population.take_member(pop.state.hook_state[0], 0))
     assert abs(other.error) < 1e-3 * abs(other.loss_end - other.loss_start)
     assert not np.allclose(other.per_layer, member.per_layer)  # members are not mixed up
     trainer.fit(state, {"train": (x, y)}, num_steps=2, eval_every=2, checkpoint_dir=d)
@@ -376,7 +376,7 @@ def test_driver_smoke(tmp_path):
     from experiments import common
     from experiments import lca as driver
 
-    config = common.load_config("experiments/configs/lan2019_lca_lenet300_mnist.py")
+    config = common.load_config("experiments/configs/lca/lan2019_lca_lenet300_mnist.py")
     common.apply_overrides(config, ["dataset=digits", "image_shape=(8, 8)", "num_steps=12",
                                     "eval_every=12", "model_kwargs.hidden=(16, 8)"])
     out = driver.run(config, str(tmp_path), show_progress=False)

@@ -61,7 +61,7 @@ def test_levels_keep_exact_counts_and_rewind_bitwise(init):
         # A different "trained" tree each level: scores must not be tied to the init.
         final = make_params(jax.random.key(100 + level), scale=0.5)
         old = masks
-        masks, start = lottery.prune_and_rewind(final, init, masks, plan=PLAN)
+        masks, start = lottery.prune_and_rewind(final, masks, init, plan=PLAN)
         for path, _, m in prunable_items(init, masks):
             rate = 0.1 if "head" in path else 0.2
             expected[path] -= expected_pruned(rate, expected[path])
@@ -87,7 +87,7 @@ def test_levels_keep_exact_counts_and_rewind_bitwise(init):
 
 def test_magnitude_keeps_the_largest_trained_weights(init):
     final = make_params(jax.random.key(5))
-    masks, _ = lottery.prune_and_rewind(final, init, masks_lib.ones_like(init), plan=PLAN)
+    masks, _ = lottery.prune_and_rewind(final, masks_lib.ones_like(init), init, plan=PLAN)
     w, m = np.abs(np.asarray(final["fc0"]["kernel"])), np.asarray(masks["fc0"]["kernel"])
     assert w[m].min() >= w[~m].max()
 
@@ -98,7 +98,7 @@ def test_global_rate_counts(init):
     kept = masks_lib.count_total(masks)
     for level in range(4):
         final = make_params(jax.random.key(200 + level))
-        masks, start = lottery.prune_and_rewind(final, init, masks, plan=plan)
+        masks, start = lottery.prune_and_rewind(final, masks, init, plan=plan)
         kept -= expected_pruned(0.2, kept)
         assert int(masks_lib.count_kept(masks)) == kept
         for _, s, m in prunable_items(start, masks):
@@ -109,7 +109,7 @@ def test_trained_weights_mode_keeps_final(init):
     """Learning-rate rewinding / fine-tuning: next weights = trained weights, masked."""
     final = make_params(jax.random.key(9))
     plan = lottery.Plan(rates=RATES, weights="trained")
-    masks, start = lottery.prune_and_rewind(final, init, masks_lib.ones_like(init), plan=plan)
+    masks, start = lottery.prune_and_rewind(final, masks_lib.ones_like(init), init, plan=plan)
     for (_, s, m), (_, f, _) in zip(prunable_items(start, masks), prunable_items(final, masks),
                                     strict=True):
         m = np.asarray(m)
@@ -125,18 +125,18 @@ def test_step_compiles_once_and_vmaps_over_replicates(init):
     masks = masks_lib.stack([masks_lib.ones_like(init)] * R)
     plan = lottery.Plan(rates=RATES, mask1="reshuffle")
     step = jax.jit(jax.vmap(functools.partial(lottery.prune_and_rewind, plan=plan)))
-    assert_compiles_once(step, ((finals, inits, masks), dict(key=keys[::-1])),
-                         ((inits, finals, masks), dict(key=keys)))
-    m1, s1 = step(finals, inits, masks, key=keys)
+    assert_compiles_once(step, ((finals, masks, inits), dict(key=keys[::-1])),
+                         ((inits, masks, finals), dict(key=keys)))
+    m1, s1 = step(finals, masks, inits, key=keys)
     # the unjitted step compiles once too (plan static, masks/params traced)
-    single = (_member(finals, 0), _member(inits, 0), _member(masks, 0))
+    single = (_member(finals, 0), _member(masks, 0), _member(inits, 0))
     assert_compiles_once(lottery.prune_and_rewind, (single, dict(plan=plan, key=keys[0])),
-                         ((_member(finals, 1), _member(inits, 1), _member(m1, 1)),
+                         ((_member(finals, 1), _member(m1, 1), _member(inits, 1)),
                           dict(plan=plan, key=keys[1])))
     # each population member equals the unbatched step
     for r in range(R):
-        mr, sr = lottery.prune_and_rewind(_member(finals, r), _member(inits, r),
-                                          _member(masks, r), plan=plan, key=keys[r])
+        mr, sr = lottery.prune_and_rewind(_member(finals, r), _member(masks, r),
+                                          _member(inits, r), plan=plan, key=keys[r])
         assert masks_lib.equal(mr, _member(m1, r))
         for a, b in zip(jax.tree.leaves(sr), jax.tree.leaves(_member(s1, r)), strict=True):
             np.testing.assert_array_equal(bits(a), bits(b))
@@ -155,7 +155,7 @@ def ticket(init):
     final = make_params(jax.random.key(3))
     masks = masks_lib.ones_like(init)
     for _ in range(3):
-        masks, _ = lottery.prune_and_rewind(final, init, masks, plan=PLAN)
+        masks, _ = lottery.prune_and_rewind(final, masks, init, plan=PLAN)
     return masks
 
 
@@ -229,7 +229,7 @@ def test_random_actions_need_a_key_and_names_are_checked(init, ticket):
 
 def test_random_masks_like_keeps_per_leaf_counts(ticket):
     keys = jax.random.split(jax.random.key(4), 3)
-    pop = jax.vmap(lambda k: lottery.random_masks_like(ticket, key=k))(keys)
+    pop = jax.vmap(lambda k: jaxsparse.select.random_masks_like(ticket, key=k))(keys)
     for r in range(3):
         rm = _member(pop, r)
         for (path, _, a), (_, _, b) in zip(prunable_items(rm, rm), prunable_items(ticket, ticket),
@@ -243,18 +243,18 @@ def test_random_masks_like_keeps_per_leaf_counts(ticket):
 def test_branches_share_one_function(init, ticket):
     final = make_params(jax.random.key(3))
     prev_masks, key = masks_lib.ones_like(init), jax.random.key(7)
-    m, p = lottery.branch_start(ticket, init, final, prev_masks, branch=lottery.reinit_control(),
+    m, p = lottery.branch_start(final, prev_masks, init, ticket, branch=lottery.reinit_control(),
                                 plan=PLAN, key=key)
     assert masks_lib.equal(m, ticket)
     assert not np.array_equal(p["fc0"]["kernel"], lottery.rewind(init, ticket)["fc0"]["kernel"])
-    m, p = lottery.branch_start(ticket, init, final, prev_masks,
+    m, p = lottery.branch_start(final, prev_masks, init, ticket,
                                 branch=lottery.random_pruning_control(), plan=PLAN, key=key)
     assert masks_lib.report(m).as_dicts()[1]["kept"] == masks_lib.report(ticket).as_dicts()[1][
         "kept"]
     for _, x, mm in prunable_items(p, m):
         assert np.all(bits(x)[~np.asarray(mm)] == 0)
     crit = lottery.criterion_branch("magnitude_increase")
-    m, _ = lottery.branch_start(ticket, init, final, prev_masks, branch=crit, plan=PLAN, key=key)
+    m, _ = lottery.branch_start(final, prev_masks, init, ticket, branch=crit, plan=PLAN, key=key)
     expected = jaxsparse.prune(scores.magnitude_increase(init, final), prev_masks, rates=RATES,
                                scope="layerwise")
     assert masks_lib.equal(m, expected)
@@ -297,7 +297,7 @@ def test_export_and_load_ticket_into_flax_model(tmp_path):
     fn = models.functional(model)
     masks = masks_lib.ones_like(fn.params)
     final = jax.tree.map(lambda p: p + 1.0, fn.params)
-    masks, start = lottery.prune_and_rewind(final, fn.params, masks, plan=PLAN)
+    masks, start = lottery.prune_and_rewind(final, masks, fn.params, plan=PLAN)
     lottery.export_ticket(tmp_path / "t", start, masks, metadata={"level": 1})
     params, loaded_masks = lottery.load_ticket(tmp_path / "t", like=fn.params)
     assert masks_lib.equal(loaded_masks, masks)

@@ -113,3 +113,24 @@ def test_nonzero_pruned_counts_per_leaf():
     m = {"a": jnp.array([[True, False], [False, False]]), "b": jnp.asarray(True)}
     assert M.nonzero_pruned(p, m) == {"a": 1}  # -0.0 == 0.0 counts as zero
     assert M.nonzero_pruned(js.apply_masks(p, m), m) == {}
+
+
+def test_compact_report_counts_dead_units():
+    m = {"fc0": {"kernel": jnp.array([[True, False, False], [False, False, False]])},
+         "fc1": {"kernel": jnp.array([[True, True], [True, False], [False, False]]),
+                 "bias": jnp.array(True)}}
+    r = M.compact_report(m)
+    fc0, fc1 = r["layers"]
+    assert (fc0["dead_in"], fc0["dead_out"]) == (1, 2)  # input 1 feeds nothing; outs 1,2 empty
+    assert (fc1["dead_in"], fc1["dead_out"]) == (1, 0)
+    # hidden units 0..2 between fc0 and fc1: 1 has no input, 2 has neither -> 2 removable
+    assert r["links"] == [{"from": "fc0/kernel", "to": "fc1/kernel", "units": 3,
+                           "removable": 2}]
+    assert (r["removable"], r["hidden_units"]) == (2, 3)
+    assert js.compact_report is M.compact_report
+
+
+def test_check_structure_names_the_leaves_only_one_tree_has():
+    with pytest.raises(ValueError, match=r"only in scores: \['b'\]"):
+        M.check_structure({"w": 0, "b": 0}, {"w": 0}, names=("scores", "masks"))
+    M.check_structure({"w": 1}, {"w": 2})  # same structure: no error

@@ -159,7 +159,7 @@ def test_imp_operator_is_prune_and_rewind():
     m0 = masks_lib.ones_like(final)
     plan = lottery.Plan(rates=[("head", 0.1), (".*", 0.2)])
     params, m1 = relearn.imp(plan).update(final, m0, key=jax.random.key(0), rewind=start)
-    want_m, want_p = lottery.prune_and_rewind(final, start, m0, plan=plan, key=jax.random.key(0))
+    want_m, want_p = lottery.prune_and_rewind(final, m0, start, plan=plan, key=jax.random.key(0))
     assert masks_lib.equal(m1, want_m)
     assert all(same(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want_p),
                                           strict=True))
@@ -303,7 +303,7 @@ def test_driver_smoke(tmp_path):
     from experiments import common
     from experiments import relearn as driver
 
-    config = common.load_config("experiments/configs/zhou2022_ke_digits.py")
+    config = common.load_config("experiments/configs/relearn/zhou2022_ke_digits.py")
     common.apply_overrides(config, ["generations=2", "steps_per_generation=20",
                                     "eval_every=20", "model_kwargs.hidden=(16, 8)"])
     out = driver.run(config, str(tmp_path))

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxsparse as js
 from jaxsparse import scores as S
@@ -100,5 +101,26 @@ def test_synflow_matches_closed_form_and_rescaling():
 def test_synflow_masks_exact_count():
     p = {"l0": jax.random.normal(jax.random.key(0), (8, 16)),
          "l1": jax.random.normal(jax.random.key(1), (16, 4))}
-    m = S.synflow_masks(_mlp, p, (1, 8), js.ones_like(p), sparsity=0.8, iterations=5)
+    # iterative SynFlow lives with the SynFlow pruner (it needs select; scores sits below it)
+    m = js.pruners.synflow_masks(_mlp, p, (1, 8), js.ones_like(p), sparsity=0.8, iterations=5)
     assert int(js.count_kept(m)) == 192 - js.num_pruned(0.8, 192)
+
+
+def test_criterion_by_name_is_the_one_lookup():
+    init = {"w": jnp.array([1.0, -2.0, 0.5])}
+    final = {"w": jnp.array([2.0, 1.0, -0.1])}
+    for name, f in S.CRITERIA.items():
+        if name == "random":
+            continue
+        np.testing.assert_array_equal(S.criterion(name)(init, final)["w"], f(init, final)["w"])
+    np.testing.assert_array_equal(S.criterion("magnitude")(init, final)["w"],
+                                  np.float32([2.0, 1.0, 0.1]))
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(S.criterion("random")(init, final, key=key)["w"],
+                                  S.random(final, key=key)["w"])
+    custom = S.criterion(lambda i, f: {"w": f["w"] - i["w"]})
+    np.testing.assert_allclose(custom(init, final, key=key)["w"], [1.0, 3.0, -0.6])
+    with pytest.raises(ValueError, match="needs key"):
+        S.criterion("random")(init, final)
+    with pytest.raises(ValueError, match="unknown criterion 'large'.*large_final"):
+        S.criterion("large")

@@ -399,3 +399,44 @@ def test_fraction_of_remaining_global_and_layerwise():
     assert not bool(m["w"].reshape(-1)[keep])
     with pytest.raises(ValueError, match="exactly one"):
         js.prune(scores, masks, sparsity=0.5, fraction_of_remaining=0.2)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers on one array: num_kept, topk_mask, random_masks_like (moved here from supermask /
+# lottery).
+
+
+def test_num_kept_rounding_rule_traced_equals_python():
+    sps = (0.0, 0.05, 0.3, 0.5, 0.7, 0.999, 1.0)
+    for n in (1, 3, 7, 10, 101, 4096):
+        traced = jax.jit(jax.vmap(lambda s, n=n: select.num_kept(s, n)))(jnp.array(sps))
+        for s, t in zip(sps, np.asarray(traced), strict=True):
+            k = select.num_kept(s, n)
+            assert isinstance(k, int) and k == n - select.num_pruned(s, n) == int(t)
+    # nearest integer to (1 - s) * n, exact halves keep fewer
+    assert (select.num_kept(0.5, 3), select.num_kept(0.7, 10), select.num_kept(0.3, 5)) == (1, 3,
+                                                                                             3)
+    with pytest.raises(ValueError, match="sparsity"):
+        select.num_kept(1.5, 10)
+
+
+def test_topk_mask_matches_sorted_reference_traced_and_python():
+    v = jnp.array([[0.3, -2.0, 0.0, 1.0], [-0.3, 0.3, -1.0, 0.5], [2.0, -0.0, 0.1, -0.1]])
+    flat = np.asarray(v).reshape(-1)
+    order = sorted(range(12), key=lambda i: (-flat[i], i))  # by value, ties: lower index
+    f = jax.jit(select.topk_mask)
+    for s in (0.0, 0.25, 0.5, 0.7, 1.0):
+        k = 12 - select.num_pruned(s, 12)
+        want = np.zeros(12, bool)
+        want[order[:k]] = True
+        np.testing.assert_array_equal(np.asarray(select.topk_mask(v, s)), want.reshape(3, 4))
+        np.testing.assert_array_equal(np.asarray(f(v, s)), want.reshape(3, 4))  # traced s
+    assert int(select.topk_mask(v, 1.0).sum()) == 0
+
+
+def test_random_masks_like_keeps_per_leaf_counts_and_differs_by_key():
+    m = {"w": jnp.arange(20).reshape(4, 5) % 3 == 0, "b": jnp.array(True)}
+    a = select.random_masks_like(m, key=jax.random.key(0))
+    b = select.random_masks_like(m, key=jax.random.key(1))
+    assert int(a["w"].sum()) == int(b["w"].sum()) == int(m["w"].sum()) == 7
+    assert bool(a["b"]) and not np.array_equal(np.asarray(a["w"]), np.asarray(b["w"]))

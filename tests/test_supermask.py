@@ -9,8 +9,9 @@ import optax
 import pytest
 
 import jaxsparse
+from jaxsparse import masks as masks_lib
 from jaxsparse import supermask as sm_lib
-from jaxsparse.select import num_pruned
+from jaxsparse.select import num_kept, num_pruned
 from jaxsparse.testing import assert_compiles_once
 
 # ---------------------------------------------------------------------------------------
@@ -40,54 +41,43 @@ def test_bernoulli_reproducible_and_unbiased():
     assert abs(float(a.mean()) - 0.7) < 0.01  # 20k draws: std 0.0032
 
 
-def _topk_reference(s: np.ndarray, density: float) -> np.ndarray:
+def _topk_reference(s: np.ndarray, sparsity: float) -> np.ndarray:
     flat = np.abs(s).reshape(-1)
-    k = flat.size - num_pruned(1.0 - density, flat.size)
+    k = flat.size - num_pruned(sparsity, flat.size)
     order = sorted(range(flat.size), key=lambda i: (-flat[i], i))  # ties: lower index first
     out = np.zeros(flat.size, np.float32)
     out[order[:k]] = 1.0
     return out.reshape(s.shape)
 
 
-@pytest.mark.parametrize("density", [0.0, 0.25, 0.5, 0.7, 1.0])
-def test_topk_forward_and_vjp_match_reference(density):
+@pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.7, 1.0])
+def test_topk_forward_and_vjp_match_reference(sparsity):
     s = jnp.array([[0.3, -2.0, 0.0, 1.0], [-0.3, 0.3, -1.0, 0.5], [2.0, -0.0, 0.1, -0.1]])
     c = jnp.arange(12.0).reshape(3, 4) - 5.0
-    m = sm_lib.topk_ste(s, density)
-    np.testing.assert_array_equal(np.asarray(m), _topk_reference(np.asarray(s), density))
-    g = jax.grad(lambda s: jnp.sum(sm_lib.topk_ste(s, density) * c))(s)
+    m = sm_lib.topk_ste(s, sparsity)
+    np.testing.assert_array_equal(np.asarray(m), _topk_reference(np.asarray(s), sparsity))
+    assert int(m.sum()) == {0.0: 12, 0.25: 9, 0.5: 6, 0.7: 4, 1.0: 0}[sparsity]
+    g = jax.grad(lambda s: jnp.sum(sm_lib.topk_ste(s, sparsity) * c))(s)
     # Straight-through to |s|, then d|s|/ds = sign(s): negative scores get the flipped gradient
     # (+1 at s == 0, JAX's convention for |x|, so a zero score is not stuck).
     sign = np.where(np.asarray(s) >= 0, 1.0, -1.0)
     np.testing.assert_array_equal(np.asarray(g), np.asarray(c) * sign)
 
 
-def test_num_kept_rounding_rule_traced_equals_python():
-    ds = (0.0, 0.05, 0.3, 0.5, 0.7, 0.999, 1.0)
-    for n in (1, 3, 7, 10, 101, 4096):
-        traced = jax.jit(jax.vmap(lambda d, n=n: sm_lib.num_kept(d, n)))(jnp.array(ds))
-        for d, t in zip(ds, np.asarray(traced), strict=True):
-            k = sm_lib.num_kept(d, n)
-            assert k == n - num_pruned(1.0 - d, n) == int(t)
-    assert (sm_lib.num_kept(0.5, 3), sm_lib.num_kept(0.3, 10)) == (1, 3)
-    with pytest.raises(ValueError, match="fraction kept"):
-        sm_lib.num_kept(1.5, 10)
-
-
-def test_topk_masks_exact_per_layer_count_traced_density_compiles_once():
+def test_topk_masks_exact_per_layer_count_traced_sparsity_compiles_once():
     tree = {"a": {"kernel": jax.random.normal(jax.random.key(0), (13, 7)),
                   "bias": jnp.zeros(())},
             "b": {"kernel": jax.random.normal(jax.random.key(1), (3, 3, 4, 5))}}
     f = jax.jit(sm_lib.topk_masks)
-    for d in (0.1, 0.33, 0.9):
-        m = f(tree, d)
+    for sp, kept in ((0.9, (9, 18)), (0.67, (30, 59)), (0.1, (82, 162))):  # of 91 and 180
+        m = f(tree, sp)
         assert float(m["a"]["bias"]) == 1.0
-        for path in ("a", "b"):
+        for path, k in zip(("a", "b"), kept, strict=True):
             n = tree[path]["kernel"].size
-            assert int(m[path]["kernel"].sum()) == sm_lib.num_kept(d, n)
+            assert int(m[path]["kernel"].sum()) == num_kept(sp, n) == k
     g = jax.jit(lambda t, d: sm_lib.topk_masks(t, d))
     assert_compiles_once(g, ((tree, 0.2), {}), ((tree, 0.6), {}))
-    # One density per population member under vmap.
+    # One sparsity per population member under vmap.
     ds = jnp.array([0.1, 0.5, 0.8])
     mv = jax.vmap(sm_lib.topk_masks, in_axes=(None, 0))(tree, ds)
     for i, d in enumerate((0.1, 0.5, 0.8)):
@@ -97,8 +87,10 @@ def test_topk_masks_exact_per_layer_count_traced_density_compiles_once():
 
 def test_bad_inputs_raise_clearly():
     apply_fn = lambda p, s, x, *, train, key=None: (x @ p["w"], s)  # noqa: E731
-    with pytest.raises(ValueError, match="density"):
+    with pytest.raises(ValueError, match="sparsity"):
         sm_lib.supermask(apply_fn, estimator="topk")
+    with pytest.raises(ValueError, match="sparsity"):
+        sm_lib.edge_popup(apply_fn, 1.5)
     with pytest.raises(ValueError, match="estimator"):
         sm_lib.supermask(apply_fn, estimator="gumbel")
     with pytest.raises(TypeError, match="floating"):
@@ -124,18 +116,6 @@ def test_frozen_weight_inits():
     assert abs(float(jnp.std(kn["d"]["kernel"])) / np.sqrt(2 / 50) - 1) < 0.1
     s = sm_lib.init_scores(w, key=jax.random.key(2))
     assert s["d"]["bias"].shape == () and float(jnp.abs(s["d"]["kernel"]).max()) <= 1 / np.sqrt(50)
-
-
-def test_compact_report_counts_dead_units():
-    m = {"fc0": {"kernel": jnp.array([[True, False, False], [False, False, False]])},
-         "fc1": {"kernel": jnp.array([[True, True], [True, False], [False, False]])}}
-    r = sm_lib.compact_report(m)
-    fc0, fc1 = r["layers"]
-    assert (fc0["dead_in"], fc0["dead_out"]) == (1, 2)  # input 1 feeds nothing; outs 1,2 empty
-    assert (fc1["dead_in"], fc1["dead_out"]) == (1, 0)
-    # hidden units 0..2 between fc0 and fc1: 1 has no input, 2 has neither -> 2 removable
-    assert r["links"] == [{"from": "fc0/kernel", "to": "fc1/kernel", "units": 3,
-                           "removable": 2}]
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,13 +199,13 @@ def test_learned_supermask_digits(digits, lenet):
     a, _ = lenet.apply_fn(params, st["model"], digits[2], train=False)
     b, _ = sm.apply(p, st, digits[2], train=False, deterministic=True)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-    rep = sm_lib.compact_report(masks)
+    rep = masks_lib.compact_report(masks)
     assert rep["hidden_units"] == 400 and 0 <= rep["removable"] <= 400
 
 
 def test_edge_popup_digits(digits, lenet):
-    density = 0.5
-    sm = sm_lib.edge_popup(lenet.apply_fn, density)
+    sparsity = 0.5  # the paper's k = 0.5 kept
+    sm = sm_lib.edge_popup(lenet.apply_fn, sparsity)
     p0, st0 = sm.init(lenet.params, lenet.model_state, key=jax.random.key(1))
     w0 = jax.tree.map(np.array, st0["weights"])
     sched = optax.cosine_decay_schedule(0.1, 15 * TRAIN // BATCH)
@@ -235,12 +215,12 @@ def test_edge_popup_digits(digits, lenet):
     # Biases stay frozen at their zero init (the paper's "no biases").
     assert float(jnp.abs(st["weights"]["fc0"]["bias"]).max()) == 0.0
     acc = _accuracy(sm.apply, p, st, digits)
-    print(f"edge-popup on digits (density {density}): {acc:.4f}")
+    print(f"edge-popup on digits (sparsity {sparsity}): {acc:.4f}")
     assert acc > 0.8  # measured 0.93; chance 0.10
     masks = sm.masks(p)
     for name in ("fc0", "fc1", "head"):
         m = masks[name]["kernel"]
-        assert int(m.sum()) == sm_lib.num_kept(density, m.size)
+        assert int(m.sum()) == num_kept(sparsity, m.size)
 
 
 def test_supermask_at_init_sweep_digits(digits, lenet):
@@ -250,24 +230,24 @@ def test_supermask_at_init_sweep_digits(digits, lenet):
     init = lenet.params
     dense = _accuracy(lenet.apply_fn, final, lenet.model_state, digits)
     results = {}
-    runs = [(d, c, sgn) for d in (0.1, 0.3) for c in ("large_final_same_sign", "random")
-            for sgn in (False, True)] + [(0.3, "large_final", False)]
-    for density, crit, signed in runs:
-        params, masks = sm_lib.at_init(init, final, density=density, criterion=crit,
+    runs = [(s, c, sgn) for s in (0.9, 0.7) for c in ("large_final_same_sign", "random")
+            for sgn in (False, True)] + [(0.7, "large_final", False)]
+    for sparsity, crit, signed in runs:
+        params, masks = sm_lib.at_init(init, final, sparsity=sparsity, criterion=crit,
                                        signed_constant=signed, key=jax.random.key(5))
-        assert abs(float(jaxsparse.density(masks)) - density) < 0.002
-        results[density, crit, signed] = _accuracy(lenet.apply_fn, params, lenet.model_state,
-                                                   digits)
+        assert abs(float(jaxsparse.sparsity(masks)) - sparsity) < 0.002
+        results[sparsity, crit, signed] = _accuracy(lenet.apply_fn, params, lenet.model_state,
+                                                    digits)
     print(f"dense trained {dense:.4f}")
     for k, v in results.items():
         print("at init", k, f"{v:.4f}")
-    # Measured (density 0.3): large_final_same_sign 0.85 (signed constant 0.91), random 0.09;
-    # (density 0.1): 0.36 / 0.43 vs random 0.06 / 0.03. Chance 0.10.
+    # Measured (sparsity 0.7): large_final_same_sign 0.85 (signed constant 0.91), random 0.09;
+    # (sparsity 0.9): 0.36 / 0.43 vs random 0.06 / 0.03. Chance 0.10.
     for signed in (False, True):
-        assert results[0.3, "large_final_same_sign", signed] > 0.7
-        for density in (0.1, 0.3):
-            lfss = results[density, "large_final_same_sign", signed]
-            assert lfss > results[density, "random", signed] + 0.2
+        assert results[0.7, "large_final_same_sign", signed] > 0.7
+        for sparsity in (0.9, 0.7):
+            lfss = results[sparsity, "large_final_same_sign", signed]
+            assert lfss > results[sparsity, "random", signed] + 0.2
 
 
 def test_supermask_vmap_over_seeds_matches_single_runs(digits, lenet):
@@ -276,7 +256,7 @@ def test_supermask_vmap_over_seeds_matches_single_runs(digits, lenet):
     # p across its uniform draw, and the runs then legitimately differ. Kaiming-normal weights:
     # with signed constants on digits' 1/16-quantised pixels, pre-activations can be exactly 0
     # in exact arithmetic, so their float sign (and the ReLU gradient) depends on sum order.
-    sm = sm_lib.edge_popup(lenet.apply_fn, 0.4, weights="kaiming_normal")
+    sm = sm_lib.edge_popup(lenet.apply_fn, 0.6, weights="kaiming_normal")
     tx = optax.sgd(0.1, momentum=0.9)
     x, y = digits[0][:BATCH], digits[1][:BATCH]
 
@@ -308,7 +288,7 @@ def test_supermask_vmap_over_seeds_matches_single_runs(digits, lenet):
 
 
 def test_train_other_trains_biases_only_when_asked(lenet):
-    sm = sm_lib.edge_popup(lenet.apply_fn, 0.3, train_other=True)
+    sm = sm_lib.edge_popup(lenet.apply_fn, 0.7, train_other=True)
     p, st = sm.init(lenet.params, lenet.model_state, key=jax.random.key(0))
     assert p["other"]["fc0"]["bias"].shape == (300,) and p["other"]["fc0"]["kernel"].shape == ()
     x = jnp.ones((4, 8, 8, 1))

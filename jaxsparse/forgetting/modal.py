@@ -33,7 +33,7 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,8 @@ import numpy as np
 
 from jaxsparse.forgetting.predictions import Population, check_comparable, check_members
 
-TIE_RULES = ("prob", "largest", "smallest")
+TieRule = Literal["prob", "largest", "smallest"]
+TIE_RULES: tuple[str, ...] = get_args(TieRule)
 
 
 def label_counts(predicted: jax.Array, *, num_classes: int) -> jax.Array:
@@ -78,7 +79,7 @@ def modal_labels(
     predicted: jax.Array,
     *,
     num_classes: int,
-    tie: str = "prob",
+    tie: TieRule = "prob",
     probs: jax.Array | None = None,
 ) -> jax.Array:
     """int32 ``[N]``: each example's most frequent predicted label over the members.
@@ -99,7 +100,7 @@ def modal_labels(
                   num_classes=num_classes, tie=tie)
 
 
-def population_modes(pop: Population, *, tie: str = "prob") -> jax.Array:
+def population_modes(pop: Population, *, tie: TieRule = "prob") -> jax.Array:
     """:func:`modal_labels` of a :class:`Population` (int32 ``[N]``)."""
     if tie == "prob" and pop.kind == "none":
         raise ValueError(f"population {pop.name!r} stores no logits or probabilities, so "
@@ -127,7 +128,7 @@ class PIE(NamedTuple):
     share: float
 
 
-def pie(dense: Population, pruned: Population, *, tie: str = "prob") -> PIE:
+def pie(dense: Population, pruned: Population, *, tie: TieRule = "prob") -> PIE:
     """The PIEs of ``pruned`` against ``dense``: examples whose modal labels differ.
 
     Both directions are reported: ``dense_right`` (what pruning lost) and ``pruned_right``
@@ -246,7 +247,7 @@ def pie_null(
     key: jax.Array,
     size: int | None = None,
     num_draws: int = 1000,
-    tie: str = "prob",
+    tie: TieRule = "prob",
     paired: bool = False,
     batch_size: int = 25,
 ) -> PIENull:

@@ -48,7 +48,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax.numpy as jnp
 import numpy as np
@@ -75,8 +75,8 @@ def _pa():
 def to_table(
     pop: Population,
     *,
-    values: str = "logits",
-    layout: str = "list",
+    values: Literal["logits", "probs", "none"] = "logits",
+    layout: Literal["list", "columns"] = "list",
     sparsity: float = float("nan"),
 ):
     """The rows of one population as a ``pyarrow.Table`` (schema in the module docstring).

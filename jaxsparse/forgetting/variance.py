@@ -25,6 +25,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ def input_gradients(
     y: jax.Array,
     *,
     model_state: PyTree | None = None,
-    target: str = "logit",
+    target: Literal["logit", "prob"] = "logit",
     batch_size: int = 512,
 ) -> jax.Array:
     """``[N, *x.shape[1:]]``: the gradient of each example's true-class score w.r.t. its input.

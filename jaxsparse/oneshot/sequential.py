@@ -26,7 +26,7 @@ Statistics are summed over the calibration batches with one compiled ``lax.scan`
 >>> model = tf.gpt(key=jax.random.key(0), d_model=16, num_layers=2, num_heads=2,
 ...                        d_ff=32, max_len=8)
 >>> tokens = jax.random.randint(jax.random.key(1), (2, 4, 8), 0, 256)  # 2 batches of 4
->>> stats = calibrate(tf.oneshot_blocks(model), models.functional(model).params, tokens)
+>>> stats = calibrate(oneshot.gpt_blocks(model), models.functional(model).params, tokens)
 >>> stats["block1/mlp/fc2/kernel"].xtx.shape, int(stats["block1/mlp/fc2/kernel"].count)
 ((32, 32), 64)
 """
@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -308,7 +308,7 @@ def _walk(model: Blocks | Callable, params: PyTree, batches: Any, needs: str,
 
 
 def calibrate(model: Blocks | Callable, params: PyTree, batches: Any, *,
-              needs: str = "hessian", rules: rules_lib.Rules | None = None,
+              needs: Literal["norms", "hessian"] = "hessian", rules: rules_lib.Rules | None = None,
               mesh: Mesh | None = None) -> dict[str, Stats]:
     """The input statistics of every prunable kernel of the dense model.
 
@@ -390,14 +390,14 @@ def prune(
 
     Returns:
       :class:`Result` ``(params, masks, layers, block_sparsity, outlier_ratios)``; the
-      pruned kernels and masks go straight to ``jaxsparse.compress(w, n, m, mask=mask)``.
+      pruned kernels and masks go straight to ``jaxsparse.nm.compress(w, n, m, mask=mask)``.
 
     >>> w = jax.random.normal(jax.random.key(0), (8, 4))
     >>> apply_fn = lambda p, x: jnp.tanh(x @ p["l"]["kernel"] + p["l"]["bias"][None])
     >>> params = {"l": {"kernel": w, "bias": jnp.zeros(4)}}
     >>> xs = jax.random.normal(jax.random.key(1), (2, 16, 8))  # 2 batches of 16
     >>> out = prune(apply_fn, params, xs, oneshot.SparseGPT(), structure=js.NM(2, 4))
-    >>> bool(js.is_nm(out.params, 2, 4).ok), out.masks["l"]["bias"].shape
+    >>> js.is_nm(out.params, 2, 4), out.masks["l"]["bias"].shape
     (True, ())
     """
     if (sparsity is None) == (structure is None):

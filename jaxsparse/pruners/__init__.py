@@ -28,7 +28,6 @@ from jaxsparse.pruners.base import (
     at_step,
     chain,
     every,
-    keep_top,
     never,
     static,
 )
@@ -52,13 +51,14 @@ from jaxsparse.pruners.magnitude import (
     snip,
     snip_score,
     synflow,
+    synflow_masks,
 )
 
 set = set_  # noqa: A001 - the paper's name; only inside this namespace (builtins untouched)
 
 __all__ = [
     "ChainState", "GMPState", "OneShotState", "Pruner", "RigLState", "SETState", "StaticState",
-    "at_step", "chain", "drop_fraction_schedule", "every", "gmp", "gmp_schedule", "keep_top",
+    "at_step", "chain", "drop_fraction_schedule", "every", "gmp", "gmp_schedule",
     "magnitude_score", "never", "one_shot", "random_erk", "random_score", "rigl", "set",
-    "set_", "snip", "snip_score", "static", "synflow", "uniform_scores",
+    "set_", "snip", "snip_score", "static", "synflow", "synflow_masks", "uniform_scores",
 ]

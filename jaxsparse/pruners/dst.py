@@ -11,7 +11,7 @@ with ``n`` kept (active) entries:
 
 So every leaf keeps exactly ``n`` entries. Ties: the drop keeps the *lower* flat index among
 equal ``|w|`` (drops the higher first), the grow takes the lower flat index first among equal
-scores (row-major inside a leaf, :func:`jaxsparse.pruners.keep_top`). SET's random scores
+scores (row-major inside a leaf, :func:`jaxsparse.select.keep_top`). SET's random scores
 are :func:`uniform_scores`: one ``jax.random.uniform(key, (N,))`` draw over all ``N``
 prunable entries, leaf after leaf in tree order.
 
@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsparse import select
 from jaxsparse.pruners import base
 
 Anneal = Literal["constant", "cosine"]
@@ -165,14 +166,14 @@ def _dst(name: str, state_cls: type, grow: str, *, begin_step: int, end_step: in
             active = jnp.stack([jnp.sum(m, dtype=jnp.int32) for m in leaves])
             k = jnp.floor(d * active.astype(jnp.float32)).astype(jnp.int32)
             k = jnp.clip(k, 0, active)
-            kept = base.keep_top([jnp.abs(w) for w in weights], leaves, active - k,
+            kept = select.keep_top([jnp.abs(w) for w in weights], leaves, active - k,
                                  num_candidates=active)
             if grow == "gradient":
                 scores = [jnp.abs(g) for g in g_leaves]
             else:
                 scores = uniform_scores(key, [m.shape for m in leaves])
             sizes = jnp.asarray([m.size for m in leaves], jnp.int32)
-            grown = base.keep_top(scores, [~m for m in kept], k,
+            grown = select.keep_top(scores, [~m for m in kept], k,
                                   num_candidates=sizes - (active - k))
             return [a | b for a, b in zip(kept, grown, strict=True)], k
 

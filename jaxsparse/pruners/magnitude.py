@@ -4,7 +4,8 @@ SynFlow, random ERK, GMP.
 * :func:`one_shot` prunes once, at ``step``, with any criterion and any distribution that
   :func:`jaxsparse.prune` supports (global, layerwise, ERK, per-leaf rates, N:M, blocks).
 * :func:`snip` and :func:`synflow` are the at-init criteria of :mod:`jaxsparse.scores` as
-  pruners that act at step 0 (SNIP with the trainer's dense gradient of the first batch).
+  pruners that act at step 0 (SNIP with the trainer's dense gradient of the first batch);
+  :func:`synflow_masks` is iterative SynFlow as a function of masks.
 * :func:`random_erk` builds fixed random ERK masks to start from (train them with
   :func:`jaxsparse.pruners.static`).
 * :func:`gmp` is gradual magnitude pruning (Zhu & Gupta 2017): the cubic schedule
@@ -47,7 +48,7 @@ from jaxsparse import rules as rules_lib
 from jaxsparse import scores as scores_lib
 from jaxsparse import select
 from jaxsparse.pruners import base
-from jaxsparse.typing import PyTree
+from jaxsparse.typing import Masks, Params, PyTree
 
 Criterion = Callable[..., PyTree]
 
@@ -256,7 +257,7 @@ def synflow(
     iterations: int = 100,
     rescale: bool | None = None,
 ) -> base.Pruner:
-    """Iterative SynFlow at step 0 (:func:`jaxsparse.scores.synflow_masks`), data-free.
+    """Iterative SynFlow at step 0 (:func:`synflow_masks`), data-free.
 
     Args:
       apply_fn: deterministic ``apply_fn(params, x) -> outputs`` (inference mode), e.g.
@@ -300,14 +301,49 @@ def synflow(
         base.check_state(name, state, OneShotState, masks)
 
         def run(masks):
-            return scores_lib.synflow_masks(apply_fn, params, shape, masks, sparsity=sparsity,
-                                            iterations=int(iterations), rescale=rescale)
+            return synflow_masks(apply_fn, params, shape, masks, sparsity=sparsity,
+                                 iterations=int(iterations), rescale=rescale)
 
         now = due(step)
         masks = base.cond(now, run, lambda m: m, masks)
         return masks, state._replace(count=state.count + now.astype(jnp.int32))
 
     return base.Pruner(init, update, due)
+
+
+def synflow_masks(
+    apply_fn: Callable[[Params, jax.Array], Any],
+    params: Params,
+    input_shape: Sequence[int],
+    masks: Masks,
+    *,
+    sparsity: float | jax.Array,
+    iterations: int = 100,
+    rescale: bool | None = None,
+) -> Masks:
+    """Iterative SynFlow: ``iterations`` rounds of score-then-prune, global scope.
+
+    Round ``j = 1..iterations`` prunes to sparsity ``1 - (1 - sparsity) ** (j / iterations)``
+    (the paper's exponential schedule), rescoring with the current masks each time; the last
+    round reaches ``sparsity`` exactly (rounding rule of :func:`jaxsparse.prune`). The scores
+    are :func:`jaxsparse.scores.synflow`'s; :func:`synflow` is this as a pruner at step 0.
+
+    >>> apply = lambda p, x: x @ p["w"]
+    >>> m = synflow_masks(apply, {"w": jnp.ones((4, 4))}, (1, 4),
+    ...                   {"w": jnp.ones((4, 4), bool)}, sparsity=0.5, iterations=2)
+    >>> int(m["w"].sum())
+    8
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+
+    def body(j, m):
+        s = 1.0 - (1.0 - jnp.asarray(sparsity, jnp.float32)) ** ((j + 1) / iterations)
+        s = jnp.where(j == iterations - 1, jnp.asarray(sparsity, jnp.float32), s)
+        sc = scores_lib.synflow(apply_fn, params, input_shape, masks=m, rescale=rescale)
+        return select.prune(sc, m, sparsity=s)
+
+    return jax.lax.fori_loop(0, iterations, body, masks)
 
 
 def random_erk(
@@ -412,7 +448,7 @@ def gmp(
     multiple of ``frequency``). Each pruning step sets the target ``s_t`` and keeps, by
     ``|w|``, the top entries among those still kept, with exact counts (the rounding rule of
     :func:`jaxsparse.num_pruned`; ties keep the lower flat index, see
-    :func:`jaxsparse.pruners.keep_top`):
+    :func:`jaxsparse.select.keep_top`):
 
     * ``scope="layerwise"``, ``allocation="uniform"``: every prunable leaf keeps
       ``n - num_pruned(s_t, n)`` of its ``n`` entries;
@@ -546,7 +582,7 @@ def gmp(
             keep, order, groups = targets(
                 masks, lambda s_i, s_f: gmp_schedule(step, initial_sparsity=s_i,
                                                      final_sparsity=s_f, **sched))
-            new = base.keep_top([jnp.abs(weights[i]) for i in order],
+            new = select.keep_top([jnp.abs(weights[i]) for i in order],
                                 [leaves[i] for i in order],
                                 jnp.stack([jnp.asarray(k, jnp.int32) for k in keep]),
                                 groups=groups)
