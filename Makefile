@@ -47,4 +47,4 @@ $(COMPAT)/.installed: pyproject.toml
 	touch $(COMPAT)/.installed
 
 test-compat: $(COMPAT)/.installed
-	$(COMPAT)/bin/python -m pytest -q
+	$(COMPAT)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile

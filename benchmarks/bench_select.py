@@ -51,25 +51,25 @@ def make_tree(scale: float, key: jax.Array) -> dict:
     return tree
 
 
-def sort_threshold_masks(scores, masks, sparsity):
+def _flat_kept_scores(scores, masks):
+    """Every prunable score in one vector, pruned entries at -inf (the baselines' input)."""
     leaves = [
         (s, m)
         for s, m in zip(jax.tree.leaves(scores), jax.tree.leaves(masks), strict=True)
         if m.ndim
     ]
-    flat = jnp.concatenate([jnp.where(m, s, -jnp.inf).reshape(-1) for s, m in leaves])
+    return jnp.concatenate([jnp.where(m, s, -jnp.inf).reshape(-1) for s, m in leaves])
+
+
+def sort_threshold_masks(scores, masks, sparsity):
+    flat = _flat_kept_scores(scores, masks)
     n_prune = js.num_pruned(sparsity, flat.size)
     thr = jnp.sort(flat)[n_prune - 1]
     return jax.tree.map(lambda s, m: (s > thr) & m if m.ndim else m, scores, masks)
 
 
 def topk_masks(scores, masks, sparsity):
-    leaves = [
-        (s, m)
-        for s, m in zip(jax.tree.leaves(scores), jax.tree.leaves(masks), strict=True)
-        if m.ndim
-    ]
-    flat = jnp.concatenate([jnp.where(m, s, -jnp.inf).reshape(-1) for s, m in leaves])
+    flat = _flat_kept_scores(scores, masks)
     k = flat.size - js.num_pruned(sparsity, flat.size)
     thr = jax.lax.top_k(flat, k)[0][-1]
     return jax.tree.map(lambda s, m: (s >= thr) & m if m.ndim else m, scores, masks)

@@ -5,7 +5,6 @@ import shutil
 
 import jax
 import numpy as np
-import pytest
 
 from experiments import common, dst
 from jaxsparse import checkpoint, population, select, train
@@ -21,12 +20,8 @@ def tiny_config():
     return common.apply_overrides(common.load_config(CONFIG), SET)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("dst"))
-    rows = dst.run(tiny_config(), out, show_progress=False)
-    (path,) = [os.path.join(out, d) for d in os.listdir(out)]
-    return out, path, rows
+DRIVER = dst
+
 
 
 def final_masks(path, name):
@@ -48,8 +43,8 @@ def kept(masks, r):
     return [int(np.sum(m)) for m in leaves]
 
 
-def test_table_files_and_exact_densities(finished):
-    _, path, rows = finished
+def test_table_files_and_exact_densities(finished_run):
+    _, path, rows = finished_run
     assert [(r["method"], r["target_sparsity"]) for r in rows] == [
         ("dense", 0.0), ("static", 0.9), ("set", 0.9), ("rigl", 0.9), ("gmp", 0.9)]
     erk = select.erk_kept(SHAPES, 0.9)
@@ -77,8 +72,8 @@ def test_table_files_and_exact_densities(finished):
     assert all(s >= 25 for s in gmp["early_stop_step"])
 
 
-def test_masks_moved_only_where_the_pruner_moves_them(finished):
-    _, path, _ = finished
+def test_masks_moved_only_where_the_pruner_moves_them(finished_run):
+    _, path, _ = finished_run
     erk = select.erk_kept(SHAPES, 0.9)
     static, set_, rigl = (final_masks(path, n) for n in ("static_s0.9", "set_s0.9",
                                                             "rigl_s0.9"))
@@ -100,8 +95,8 @@ def test_masks_moved_only_where_the_pruner_moves_them(finished):
     assert int(set_.pruner_state.count[0]) == 4  # updates at 0, 10, 20, 30 (end = 0.75 * 40)
 
 
-def test_relaunch_skips_finished_runs_and_a_killed_run_resumes_bitwise(finished, monkeypatch):
-    out, path, rows = finished
+def test_relaunch_skips_finished_runs_and_a_killed_run_resumes_bitwise(finished_run, monkeypatch):
+    out, path, rows = finished_run
     before = common.read_json(os.path.join(path, "rigl_s0.9", "result.json"))
     real_chunk = train.Trainer.chunk
     calls = []

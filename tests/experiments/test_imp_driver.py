@@ -24,12 +24,8 @@ def tiny_config():
     return common.apply_overrides(common.load_config(CONFIG), OVERRIDES)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("a"))
-    rows = driver.run(tiny_config(), out, show_progress=False)
-    (path,) = [os.path.join(out, d) for d in os.listdir(out)]
-    return out, path, rows
+DRIVER = driver
+
 
 
 def read(path, name):
@@ -37,8 +33,8 @@ def read(path, name):
         return f.read()
 
 
-def test_table_plots_and_exact_densities(uninterrupted):
-    _, path, rows = uninterrupted
+def test_table_plots_and_exact_densities(finished_run):
+    _, path, rows = finished_run
     assert [(r["level"], r["branch"]) for r in rows] == [(0, "ticket"), (1, "ticket"),
                                                           (1, "reinit")]
     # 64*16 and 16*8 hidden kernels lose 20%, the 8*10 head 10% (the rounding rule:
@@ -64,8 +60,8 @@ def test_table_plots_and_exact_densities(uninterrupted):
     assert np.all(np.asarray(params["fc0"]["kernel"])[~np.asarray(masks["fc0"]["kernel"])] == 0)
 
 
-def test_relaunch_skips_finished_levels(uninterrupted, monkeypatch):
-    out, path, rows = uninterrupted
+def test_relaunch_skips_finished_levels(finished_run, monkeypatch):
+    out, path, rows = finished_run
     before = read(path, "levels.csv")
 
     def no_training(*a, **k):
@@ -85,8 +81,8 @@ def _launch(out, env, log):
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def test_kill_mid_level_and_resume_reproduces_table(uninterrupted, tmp_path):
-    _, path_a, _ = uninterrupted
+def test_kill_mid_level_and_resume_reproduces_table(finished_run, tmp_path):
+    _, path_a, _ = finished_run
     out = str(tmp_path / "b")
     pause_file = str(tmp_path / "paused")
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAXSPARSE_LOTTERY_PAUSE="1:ticket:40",
@@ -114,7 +110,7 @@ def test_kill_mid_level_and_resume_reproduces_table(uninterrupted, tmp_path):
     assert read(path_b, "replicates.csv") == read(path_a, "replicates.csv")
 
 
-def test_replicates_8_run_as_one_sharded_population(uninterrupted, tmp_path, monkeypatch):
+def test_replicates_8_run_as_one_sharded_population(finished_run, tmp_path, monkeypatch):
     # `--replicates 8`: every training chunk is ONE compiled population program whose state
     # is laid out over the 4 devices' population axis, compiled once; and each replicate
     # trains exactly as it does in a population of 2 (its keys do not depend on the count).
@@ -152,7 +148,7 @@ def test_replicates_8_run_as_one_sharded_population(uninterrupted, tmp_path, mon
         assert len(leaf.sharding.device_set) == jax.device_count() == 4
 
     (path8,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
-    _, path2, _ = uninterrupted
+    _, path2, _ = finished_run
     res8, res2 = (json.loads(read(p, os.path.join("level_00", "ticket", "result.json")))
                   for p in (path8, path2))
     val8 = np.asarray(res8["history"]["val_loss"])  # [evaluations, replicates]
