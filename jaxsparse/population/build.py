@@ -161,7 +161,8 @@ def take_member(tree: PyTree, i: int, axis: int = 0) -> PyTree:
     >>> take_member({"w": jnp.arange(6).reshape(3, 2)}, 1)["w"].tolist()
     [2, 3]
     """
-    return jax.tree.map(lambda a: jnp.take(a, i, axis=axis), tree)
+    # indexing, not jnp.take: jax 0.7 cannot take from PRNG-key arrays
+    return jax.tree.map(lambda a: a[(slice(None),) * (axis % a.ndim) + (i,)], tree)
 
 
 def stack_members(trees: Sequence[PyTree], axis: int = 0) -> PyTree:
