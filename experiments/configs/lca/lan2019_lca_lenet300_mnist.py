@@ -11,8 +11,9 @@ from Lan et al.; 1,000 iterations (12 epochs of the subset).
 
 Should reach (the paper, [abstract]): barely over 50% of the parameters help (LCA < 0) in any
 given iteration; some layers hurt overall (positive total LCA). Σ LCA equals the loss change up
-to Simpson's error. Measured here: see docs/lca.md. ~5 minutes on 2 busy CPU cores (two
-gradients of the 5,000-example set per iteration dominate).
+to Simpson's error. Measured here (docs/lca.md): test 96.7%, 51.5% of the parameters help per
+iteration, no layer hurts, relative telescoping error 0.11%. ~1 minute on 2 quiet CPU cores,
+~5 busy (two gradients of the 5,000-example set per iteration dominate).
 """
 
 import ml_collections
