@@ -20,9 +20,9 @@ more accuracy on PIEs than elsewhere. Measured here (seed 0, docs/forgetting.md)
 dense, 97.5% at 0.95; PIE share (15 vs 15 members) 0.22% at 0.1, 0.20% at 0.3 rising to 0.44%
 at 0.95 over a dense-vs-dense null of 0.05%, excess +0.39% [0.00, +0.67] at 0.95 (1-3 test
 images of 600: digits is too easy to show it with confidence). With label_noise=0.1 the
-excess at 0.95 is +4.1% [+3.2, +5.0] and 96% of the training-set PIEs are noisy labels (6-level run). 1m49s on
-2 quiet CPU cores at 30 members and 7 levels (~10 minutes when they are busy); --set
-members=10 for a quicker check.
+excess at 0.95 is +4.1% [+3.2, +5.0] and 96% of the training-set PIEs are noisy labels
+(6-level run). 1m49s on 2 quiet CPU cores at 30 members and 7 levels (~10 minutes when they
+are busy); --set members=10 for a quicker check.
 """
 
 import ml_collections
