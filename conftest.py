@@ -62,7 +62,7 @@ def _doctest_imports(request, doctest_namespace):
 # The slowest items, marked so a quick local loop can skip them (``pytest -m "not slow"``,
 # ``make test-fast``); ``make test`` runs everything. Test modules mark themselves
 # (``pytestmark``); doctests cannot, so the expensive ones are listed here.
-_SLOW_DOCTESTS = ("jaxsparse/models/", "jaxsparse/lottery.py::jaxsparse.lottery.imp")
+_SLOW_DOCTESTS = ("jaxsparse/models/", "jaxsparse/lottery/loop.py::jaxsparse.lottery.loop.imp")
 
 
 def pytest_collection_modifyitems(config, items):
