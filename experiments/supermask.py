@@ -373,14 +373,9 @@ def run_at_init(config: Any, out: str, *, show_progress: bool = True) -> dict:
 
 def plot_at_init(path: str, rows: list[dict], *, dense: float, title: str = "") -> None:
     """Accuracy at init against density, one line per criterion (dashed: signed constant)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = common.subplots(figsize=(7, 4.5))
     crits = list(dict.fromkeys(r["criterion"] for r in rows))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = [f"C{i}" for i in range(10)]  # the default colour cycle
     for i, c in enumerate(crits):
         for signed, ls in ((False, "-"), (True, "--")):
             pts = sorted((r["density"], r["test_accuracy"]) for r in rows
@@ -402,9 +397,7 @@ def plot_at_init(path: str, rows: list[dict], *, dense: float, title: str = "") 
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,13 +154,9 @@ def merge(out: str) -> list[dict]:
 
 
 def _plot(path: str, table, steps) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = common.subplots(figsize=(7, 4.5))
     for row in table:
         mean, std = np.asarray(row["curve_mean"]), np.asarray(row["curve_std"])
         label = f"lr={row['learning_rate']:g} sparsity={row['sparsity']:g} (n={row['n']})"
@@ -170,9 +166,7 @@ def _plot(path: str, table, steps) -> None:
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"test accuracy (mean ± {common.SPREAD} over seeds)")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=120)
 
 
 def _task(args) -> tuple[int, int]:

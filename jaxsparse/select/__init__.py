@@ -62,7 +62,7 @@ from jax import lax
 
 from jaxsparse import masks as masks_lib
 from jaxsparse import rules as rules_lib
-from jaxsparse.select.top import keep_top, top_along
+from jaxsparse.select.top import keep_top, ordered_keys, top_along
 from jaxsparse.typing import Key, Masks, PyTree
 
 _DEC = 10**7  # fractions are first rounded to 7 decimals
@@ -231,16 +231,6 @@ class _Plan:
         return np.bincount(self.groups, weights=self.sizes, minlength=self.n_groups).astype(
             np.int64
         )
-
-
-def _keys(score: jax.Array, mask: jax.Array) -> jax.Array:
-    """Order-preserving uint32 keys: pruned -> 0, NaN -> 1, numbers -> [0x007FFFFF, 0xFF800000]."""
-    s = score.astype(jnp.float32)
-    s = jnp.where(s == 0, jnp.zeros((), jnp.float32), s)  # -0.0 ties with 0.0
-    b = lax.bitcast_convert_type(s, jnp.uint32)
-    k = jnp.where(b >> 31 == 1, ~b, b | jnp.uint32(0x80000000))
-    k = jnp.where(jnp.isnan(s), jnp.uint32(1), k)
-    return jnp.where(mask, k, jnp.uint32(0))
 
 
 _POS_INF = np.uint32(0xFF800000)  # key of +inf
@@ -450,7 +440,7 @@ def _core(plan: _Plan, scores, masks, sparsity, rates):
         ]
         masks = [plan.block.to_units(m, jnp.any) for m in masks]
     shapes = [m.shape for m in masks]
-    keys = _pack(plan, [_keys(s, m) for s, m in zip(scores, masks, strict=True)])
+    keys = _pack(plan, [ordered_keys(s, m) for s, m in zip(scores, masks, strict=True)])
     n_leaves = len(plan.sizes)
 
     # One pass: kept, NaN and +-inf counts per leaf, packed in 10-bit fields (rows < 1024).
@@ -855,5 +845,5 @@ def random_masks_like(masks: Masks, *, key: Key) -> Masks:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(masks), out)
 
 
-__all__ = ["Block", "Scope", "erk_kept", "keep_top", "num_kept", "num_pruned", "prune",
-           "random_masks_like", "top_along", "topk_mask"]
+__all__ = ["Block", "Scope", "erk_kept", "keep_top", "num_kept", "num_pruned", "ordered_keys",
+           "prune", "random_masks_like", "top_along", "topk_mask"]

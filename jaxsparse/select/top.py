@@ -80,14 +80,19 @@ class _Layout:
         return np.stack(out)
 
 
-def _keys(score: jax.Array, cand: jax.Array) -> jax.Array:
-    """Order-preserving uint32 keys: non-candidates 0, NaN 1, numbers above (-0.0 == 0.0)."""
+def ordered_keys(score: jax.Array, candidates: jax.Array | bool) -> jax.Array:
+    """Order-preserving uint32 keys of float32 scores, the selections' common currency:
+    non-candidates 0, NaN 1, numbers ``[0x007FFFFF (-inf), 0xFF800000 (+inf)]``, -0.0 == 0.0.
+
+    >>> ordered_keys(jnp.array([-1.0, 0.0, -0.0, jnp.nan]), True).tolist()
+    [1082130431, 2147483648, 2147483648, 1]
+    """
     s = jnp.asarray(score).astype(jnp.float32)
     s = jnp.where(s == 0, jnp.zeros((), jnp.float32), s)
     b = lax.bitcast_convert_type(s, jnp.uint32)
     k = jnp.where(b >> 31 == 1, ~b, b | jnp.uint32(0x80000000))
     k = jnp.where(jnp.isnan(s), jnp.uint32(1), k)
-    return jnp.where(cand, k, jnp.uint32(0))
+    return jnp.where(candidates, k, jnp.uint32(0))
 
 
 def _to_groups(lay: _Layout, per_block: jax.Array) -> jax.Array:
@@ -315,7 +320,7 @@ def keep_top(
 def _keep_top(lay, shapes, scores, candidates, counts, num_candidates):
     blocks = []
     for s, c, nb in zip(scores, candidates, lay.blocks, strict=True):
-        k = _keys(s, c).reshape(-1)
+        k = ordered_keys(s, c).reshape(-1)
         blocks.append(jnp.pad(k, (0, int(nb) * _BLOCK - k.size)).reshape(-1, _ROWS, _LANES))
     keys = jnp.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
     if num_candidates is None:
@@ -339,14 +344,6 @@ def _keep_top(lay, shapes, scores, candidates, counts, num_candidates):
 # One array, top-k by count along an axis (each row / column its own group).
 
 
-def _ordered_key(score: jax.Array) -> jax.Array:
-    """An order-preserving ``uint32`` key of float32 scores (NaN lowest, -0.0 == 0.0)."""
-    s = jnp.asarray(score, jnp.float32) + 0.0  # -0.0 -> 0.0
-    s = jnp.where(jnp.isnan(s), -jnp.inf, s)
-    b = jax.lax.bitcast_convert_type(s, jnp.uint32)
-    return jnp.where(b >> 31 == 1, ~b, b | jnp.uint32(0x80000000))
-
-
 def top_along(score: jax.Array, num_keep: int | jax.Array, axis: int | None = None) -> jax.Array:
     """Bool mask of the ``num_keep`` highest scores (flat, or along ``axis``); ties keep the
     lower index, NaN ranks lowest. ``num_keep`` may be traced.
@@ -365,7 +362,8 @@ def top_along(score: jax.Array, num_keep: int | jax.Array, axis: int | None = No
     Array([False,  True,  True, False], dtype=bool)
     """
     shape = jnp.shape(score)
-    key = _ordered_key(score)
+    s = jnp.asarray(score, jnp.float32)
+    key = ordered_keys(jnp.where(jnp.isnan(s), -jnp.inf, s), True)  # NaN ties with -inf
     if axis is None:
         key, axis = key.reshape(-1), 0
     axis %= key.ndim
@@ -384,4 +382,4 @@ def top_along(score: jax.Array, num_keep: int | jax.Array, axis: int | None = No
     return keep.reshape(shape)
 
 
-__all__ = ["keep_top", "top_along"]
+__all__ = ["keep_top", "ordered_keys", "top_along"]
